@@ -1,0 +1,92 @@
+"""What every stage module shares: find the repo, read its params section, track the run, fail clearly.
+
+A stage module is thin: it defines `main(ctx) -> metrics` and ends with
+``if __name__ == "__main__": run_stage("name", main)``. `run_stage` opens the MLflow run (a child of
+the pipeline execution's parent run), logs the stage's params and provenance tags, writes
+`metrics/<name>.json` atomically, and turns a `DataError` into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from instructgpt import atomic, tracking
+from instructgpt.errors import DataError
+from stages import provenance
+
+
+@dataclass
+class StageContext:
+    """What a stage body gets: where it runs, its params, and the tracker to log to."""
+
+    name: str
+    root: Path
+    params: Mapping[str, Any]
+    tracker: tracking.Tracker
+
+    @property
+    def section(self) -> Mapping[str, Any]:
+        return self.params.get(self.name) or {}
+
+    def where(self, key: str | None = None) -> str:
+        """Names a params location in errors: 'params.yaml:ingest' or 'params.yaml:ingest.key'."""
+        return f"params.yaml:{self.name}" + (f".{key}" if key else "")
+
+    def path(self, relative: str | Path) -> Path:
+        return self.root / relative
+
+
+def load_params(root: Path) -> dict[str, Any]:
+    path = root / "params.yaml"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            params = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise DataError(f"cannot read params: {err}", file=path) from err
+    if not isinstance(params, dict):
+        raise DataError("params must be a mapping of stage sections", file=path)
+    return params
+
+
+def run_stage(name: str, body: Callable[[StageContext], Mapping[str, Any]]) -> None:
+    """Run a stage body under tracking; exit non-zero with a located message on bad input."""
+    root = provenance.repo_root()
+    started = time.perf_counter()
+    try:
+        params = load_params(root)
+        tags = provenance.stage_tags(root, name)
+        with tracking.stage_run(name, root, params=params.get(name) or {}, tags=tags) as tracker:
+            ctx = StageContext(name=name, root=root, params=params, tracker=tracker)
+            metrics = dict(body(ctx))
+            metrics["stage_seconds"] = round(time.perf_counter() - started, 3)
+            metrics_path = root / "metrics" / f"{name}.json"
+            atomic.write_json(metrics_path, metrics)
+            tracker.log_metrics(_flatten(metrics))
+            tracker.log_artifact(metrics_path)
+    except DataError as err:
+        print(f"[{name}] error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - a crash still says which stage crashed
+        traceback.print_exc()
+        print(f"[{name}] failed; earlier outputs are untouched.", file=sys.stderr)
+        sys.exit(1)
+    print(f"[{name}] done in {time.perf_counter() - started:.1f}s")
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics, as 'a/b/c' keys (MLflow's convention for grouping)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat

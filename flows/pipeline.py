@@ -223,19 +223,7 @@ def stage_metrics(root: Path, node: StageNode) -> dict[str, float]:
         except (OSError, ValueError, yaml.YAMLError):
             continue  # the table is a summary; `dvc metrics show` reports unreadable files
         if isinstance(content, Mapping):
-            flat.update(flatten_numbers(content))
-    return flat
-
-
-def flatten_numbers(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested metrics as 'a/b/c' keys (MLflow's grouping convention)."""
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_numbers(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
+            flat.update(tracking.flatten_metrics(content))
     return flat
 
 

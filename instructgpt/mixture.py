@@ -1,7 +1,8 @@
 """Source mixtures, GPT-3 style: each source gets a share of the total, not its natural size.
 
-A source's weight is its share of the mix; sources without a weight keep their natural share
-(their fraction of all the material), and shares are normalised to sum to 1. A source whose
+A source's weight is its share of the mix (`{c4: 0.6}`: 60% of the mix is C4). Sources without a
+weight share what the weights leave, in proportion to their natural sizes. When every source has a
+weight, the weights are normalised to sum to 1. A source whose
 share exceeds its size is repeated: whole passes over its documents in a seeded shuffled order,
 then the shortest prefix that meets its target, so small high-quality sources can be seen more
 than once (GPT-3 saw Wikipedia 3.4 times). Sizes are in whatever unit the caller counts: tokens
@@ -39,10 +40,7 @@ def mix(
         )
     natural = {s: int(sizes[sources == s].sum()) for s in names}
     natural_total = sum(natural.values())
-    raw = {s: weights.get(s, natural[s] / natural_total) for s in names}
-    if sum(raw.values()) <= 0:
-        raise ConfigError("every source has weight 0: the mix would be empty", field="mixture")
-    shares = {s: w / sum(raw.values()) for s, w in raw.items()}
+    shares = _shares(natural, weights)
     target_total = total if total is not None else natural_total
 
     docs, epochs, taken = [], [], {}
@@ -63,6 +61,26 @@ def mix(
         "epochs": {s: round(taken[s] / natural[s], 4) if natural[s] else 0.0 for s in names},
     }
     return np.concatenate(docs)[interleave], np.concatenate(epochs)[interleave], record
+
+
+def _shares(natural: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, float]:
+    """Each source's share: its weight; the unweighted split the rest by natural size."""
+    given = {s: float(weights[s]) for s in natural if s in weights}
+    rest = [s for s in natural if s not in weights]
+    claimed = sum(given.values())
+    if not rest:
+        if claimed <= 0:
+            raise ConfigError("every source has weight 0: the mix would be empty", field="mixture")
+        return {s: w / claimed for s, w in given.items()}
+    if claimed >= 1:
+        raise ConfigError(
+            f"the weights sum to {claimed:g}, leaving nothing for the unweighted source(s) {rest}; "
+            "give them weights too, or lower the others",
+            field="mixture",
+        )
+    rest_size = sum(natural[s] for s in rest)
+    left = 1.0 - claimed
+    return {**given, **{s: left * natural[s] / rest_size if rest_size else 0.0 for s in rest}}
 
 
 def take_to_target(order: np.ndarray, sizes: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,9 @@ An encode output directory holds:
 - ``meta.json``: dtype, vocab_size, eot_id, tokenizer_sha256, tokens per split and source, the train
   mix (shares, epochs per source), and the engine that encoded.
 
-The train split is a mixture, GPT-3 style: each source gets a share of the train tokens (its weight
-from `EncodeConfig.mixture`, or its natural share), a source is repeated whole passes and then a
+The train split is a mixture, GPT-3 style (`instructgpt.mixture`): each source gets a share of the
+train tokens (its weight from `EncodeConfig.mixture`; unweighted sources split the rest by natural
+size), a source is repeated whole passes and then a
 prefix of its seeded shuffled documents until its share is met, and the documents of all sources
 are interleaved in a seeded shuffled order. Validation is natural: every val document once, in
 input order. Documents are encoded as ordinary text: special-token text inside a document is
@@ -66,9 +67,9 @@ class EncodeConfig:
 
     engine: "tiktoken" or "tokenizers" (HF) to force one; "auto" picks the faster of the two that
         give identical ids on a sample of `check_docs` documents.
-    mixture: weight per source, its share of the train tokens. Sources without a weight keep their
-        natural share (their fraction of all train tokens); the shares are then normalised to sum
-        to 1 over the sources that have train documents. A weight of 0 leaves a source out.
+    mixture: weight per source, its share of the train tokens. Sources without a weight share
+        what the weights leave in proportion to their natural sizes; if every source has a weight,
+        the weights are normalised to sum to 1. A weight of 0 leaves a source out.
     train_tokens: total tokens in train.bin (a source's last document is kept whole, so each
         source may overshoot its target by less than one document). None: the natural total,
         i.e. every train document once when there is no mixture.

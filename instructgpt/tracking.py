@@ -183,6 +183,18 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, tags=batch[start : start + _PARAMS_PER_BATCH])
 
 
+def flatten_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics as 'a/b/c' keys (MLflow groups metrics by '/')."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """{'a': {'b': 1}, 'c': [1, 2]} -> {'a.b': '1', 'c': '[1, 2]'}, clipped to MLflow's limit."""
     flat: dict[str, str] = {}

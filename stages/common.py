@@ -68,7 +68,7 @@ def run_stage(name: str, body: Callable[[StageContext], Mapping[str, Any]]) -> N
             metrics["stage_seconds"] = round(time.perf_counter() - started, 3)
             metrics_path = root / "metrics" / f"{name}.json"
             atomic.write_json(metrics_path, metrics)
-            tracker.log_metrics(_flatten(metrics))
+            tracker.log_metrics(tracking.flatten_metrics(metrics))
             tracker.log_artifact(metrics_path)
     except DataError as err:
         print(f"[{name}] error: {err}", file=sys.stderr)
@@ -79,14 +79,3 @@ def run_stage(name: str, body: Callable[[StageContext], Mapping[str, Any]]) -> N
         sys.exit(1)
     print(f"[{name}] done in {time.perf_counter() - started:.1f}s")
 
-
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested metrics, as 'a/b/c' keys (MLflow's convention for grouping)."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat

@@ -16,11 +16,11 @@ from flows.dag import StageNode
 from flows.pipeline import (
     Orchestration,
     StageFailed,
-    flatten_numbers,
     load_orchestration,
     run_dvc_stage,
     stage_metrics,
 )
+from instructgpt import tracking
 from instructgpt.errors import ConfigError
 
 
@@ -89,7 +89,7 @@ def test_metrics_are_the_numeric_leaves_of_the_declared_files_else_metrics_dir(t
     (tmp_path / "metrics" / "train.json").write_text(json.dumps({"loss": 2, "stage_seconds": 1.5}))
     assert stage_metrics(tmp_path, StageNode("train", ())) == {"loss": 2.0, "stage_seconds": 1.5}
     assert stage_metrics(tmp_path, StageNode("none", ())) == {}
-    assert flatten_numbers({"a": {"b": {"c": 1}}, "flag": False}) == {"a/b/c": 1.0}
+    assert tracking.flatten_metrics({"a": {"b": {"c": 1}}, "flag": False}) == {"a/b/c": 1.0}
 
 
 @pytest.mark.slow

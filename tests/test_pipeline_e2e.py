@@ -1,0 +1,165 @@
+"""End to end: a temporary clone of the project runs `fetch -> ingest -> tokenizer -> encode` on a
+slice of the real data pack with `dvc repro`, then as a Prefect flow, and meets a malformed source.
+
+The clone is the project's files as they are in this working tree (tracked and untracked, not
+ignored), committed in a fresh git repo, with a small catalogue and params so it runs in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from instructgpt import schemas, shards
+from instructgpt.sources import sha256_file
+from instructgpt.tokenizer import load_tokenizer, tokenizer_sha256
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["fetch", "ingest", "tokenizer", "encode"]
+SLICE = ["tinyshakespeare", "c4", "wikitext2", "alpaca_seed", "dpo_demo", "sts"]
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_pack: Path) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("clone") / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo_root, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if (repo_root / rel).is_file() and not rel.startswith("metrics/") and rel != "dvc.lock":
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo_root / rel, root / rel)
+    catalogue = yaml.safe_load((root / "data/sources.yaml").read_text())
+    (root / "data/sources.yaml").write_text(yaml.safe_dump([s for s in catalogue if s["name"] in SLICE], sort_keys=False))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tokenizer"]["vocab_size"] = 1024
+    params["encode"]["mixture"] = {"c4": 0.5}  # c4 is a quarter of the slice: seen twice
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "INSTRUCTGPT_", "PREFECT_API"))},
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "INSTRUCTGPT_DATA_MIRROR": str(data_pack),  # the clone has no ../shared beside it
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(root.parent / "prefect-home"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    _run(["git", "init", "-q"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], root, env)
+    return root, env
+
+
+def _runs(root: Path) -> pd.DataFrame:
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["instructgpt"], output_format="pandas")
+
+
+def test_dvc_repro_builds_validated_outputs_and_tracks_each_stage(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    first = _run([str(BIN / "dvc"), "repro", "encode"], root, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+
+    prepared = root / "data/prepared"
+    for name, model in schemas.TABLE_SCHEMAS.items():
+        schemas.validate(pd.read_parquet(prepared / f"{name}.parquet"), model, name)
+    documents = pd.read_parquet(prepared / "documents.parquet")
+    assert set(documents["source"]) == {"tinyshakespeare", "c4", "wikitext2"}
+    assert set(documents["split"]) == {"train", "val"}
+    assert len(pd.read_parquet(prepared / "comparisons.parquet")) == 295
+    assert set(pd.read_parquet(prepared / "tasks.parquet")["split"]) == {"train", "dev"}
+
+    tokenizer = load_tokenizer(root / "data/tokenizer/tokenizer.json")
+    meta = shards.read_meta(root / "data/shards")
+    assert meta["tokenizer_sha256"] == tokenizer_sha256(tokenizer) == sha256_file(root / "data/tokenizer/tokenizer.json")
+    train = shards.read_shard(root / "data/shards", "train")
+    index = shards.read_index(root / "data/shards")
+    assert len(train) == index.loc[index["split"] == "train", "n_tokens"].sum() + (index["split"] == "train").sum()
+    # c4 is half the mix, about twice its natural share: it is seen about twice
+    natural = meta["mixture"]["natural_shares"]["c4"]
+    assert meta["mixture"]["shares"]["c4"] == 0.5
+    assert natural < 0.5 and meta["mixture"]["epochs"]["c4"] == pytest.approx(0.5 / natural, rel=0.05)
+
+    metrics = {s: json.loads((root / f"metrics/{s}.json").read_text()) for s in STAGES}
+    assert metrics["ingest"]["sources"]["c4"]["kept"]["documents"] > 250
+    assert set(metrics["tokenizer"]["val_bytes_per_token"]) == {"tinyshakespeare", "c4", "wikitext2"}
+    assert metrics["encode"]["tokens_total"]["train"] == len(train)
+
+    runs = _runs(root)
+    stage_runs = runs[runs["tags.stage"].notna()]
+    assert sorted(stage_runs["tags.stage"]) == sorted(STAGES)
+    assert set(stage_runs["status"]) == {"FINISHED"}
+    parents = set(stage_runs["tags.mlflow.parentRunId"])
+    assert len(parents) == 1
+    parent = runs[runs["run_id"] == parents.pop()].iloc[0]
+    assert parent["tags.launcher"] == "dvc repro"
+    by_stage = stage_runs.set_index("tags.stage")
+    assert by_stage.loc["tokenizer", "params.vocab_size"] == "1024"
+    assert by_stage.loc["encode", "metrics.tokens_total/train"] == len(train)
+    assert by_stage.loc["ingest", "tags.git_dirty"] == "false"
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    dep_md5 = {d["path"]: d["md5"] for d in lock["stages"]["encode"]["deps"]}
+    assert by_stage.loc["encode", "tags.dvc.dep.data/tokenizer/tokenizer.json"] == dep_md5["data/tokenizer/tokenizer.json"]
+
+    second = _run([str(BIN / "dvc"), "repro", "encode"], root, env)
+    assert "Running stage" not in second.stdout
+    assert len(_runs(root)) == len(runs)  # nothing ran, nothing was logged
+
+
+def test_the_prefect_flow_runs_the_same_stages(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    before = len(_runs(root))
+    result = _run([str(BIN / "python"), "-m", "flows.pipeline", "encode", "--force", "--root", str(root)], root, env)
+    runs = _runs(root)
+    new = runs.iloc[: len(runs) - before]  # newest first
+    stage_runs = new[new["tags.stage"].notna()]
+    assert sorted(stage_runs["tags.stage"]) == sorted(STAGES), result.stdout[-3000:]
+    parent = new[new["tags.mlflow.runName"] == "pipeline"].iloc[0]
+    assert parent["tags.launcher"] == "prefect" and parent["status"] == "FINISHED"
+    assert set(stage_runs["tags.mlflow.parentRunId"]) == {parent["run_id"]}
+    assert "Running stage 'encode'" in result.stdout + result.stderr
+    assert "Running stage" not in _run([str(BIN / "dvc"), "repro", "encode"], root, env).stdout
+
+
+def test_a_malformed_source_fails_ingest_naming_file_line_and_field(
+    clone: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, env = clone
+    prepared = root / "data/prepared"
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in prepared.glob("*.parquet")}
+    bad = tmp_path / "scraped.jsonl"
+    bad.write_text("\n".join([json.dumps({"text": "A fine web page. " * 20})] * 3 + [json.dumps({"body": "oops"})] * 2) + "\n")
+    catalogue = yaml.safe_load((root / "data/sources.yaml").read_text())
+    catalogue.append({"name": "scraped", "kind": "web", "format": "jsonl", "path": str(bad),
+                      "sha256": sha256_file(bad), "license": "unknown"})
+    (root / "data/sources.yaml").write_text(yaml.safe_dump(catalogue, sort_keys=False))
+    try:
+        failed = _run([str(BIN / "dvc"), "repro", "encode"], root, env, check=False)
+        assert failed.returncode != 0
+        assert f"{bad}:4: field 'text'" in failed.stderr or f"{bad}:4: field 'text'" in failed.stdout, failed.stderr
+        assert "source 'scraped': 2 of 5 records are invalid" in failed.stderr + failed.stdout
+        after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in prepared.glob("*.parquet")}
+        assert after == before  # the failed run left the earlier outputs as they were
+        assert not list(prepared.glob("*.tmp"))  # and no temporaries
+    finally:
+        _run(["git", "checkout", "data/sources.yaml"], root, env)

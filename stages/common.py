@@ -8,6 +8,7 @@ the pipeline execution's parent run), logs the stage's params and provenance tag
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -55,16 +56,25 @@ def load_params(root: Path) -> dict[str, Any]:
     return params
 
 
+def is_main_process() -> bool:
+    """False on the other ranks of a torchrun job: only rank 0 tracks and writes outputs."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_stage(name: str, body: Callable[[StageContext], Mapping[str, Any]]) -> None:
     """Run a stage body under tracking; exit non-zero with a located message on bad input."""
     root = provenance.repo_root()
     started = time.perf_counter()
+    if not is_main_process():
+        os.environ[tracking.TRACKING_ENV] = "off"
     try:
         params = load_params(root)
         tags = provenance.stage_tags(root, name)
         with tracking.stage_run(name, root, params=params.get(name) or {}, tags=tags) as tracker:
             ctx = StageContext(name=name, root=root, params=params, tracker=tracker)
             metrics = dict(body(ctx))
+            if not is_main_process():
+                return
             metrics["stage_seconds"] = round(time.perf_counter() - started, 3)
             metrics_path = root / "metrics" / f"{name}.json"
             atomic.write_json(metrics_path, metrics)

@@ -21,12 +21,13 @@ import pytest
 import yaml
 
 from instructgpt import schemas, shards
+from instructgpt.checkpoint import load_model
 from instructgpt.sources import sha256_file
 from instructgpt.tokenizer import load_tokenizer, tokenizer_sha256
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["fetch", "ingest", "tokenizer", "encode"]
+DATA_STAGES = ["fetch", "ingest", "tokenizer", "encode"]
 SLICE = ["tinyshakespeare", "c4", "wikitext2", "alpaca_seed", "dpo_demo", "sts"]
 BIN = Path(sys.executable).parent
 
@@ -53,6 +54,9 @@ def clone(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_pack: 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["tokenizer"]["vocab_size"] = 1024
     params["encode"]["mixture"] = {"c4": 0.5}  # c4 is a quarter of the slice: seen twice
+    params["pretrain"].update(preset="cpu-tiny", val_tokens_per_source=512, eval_batch_size=8)
+    params["pretrain"]["train"].update(max_steps=6, batch_size=4, warmup_steps=2, log_every=2, eval_every=3,
+                                       checkpoint_every=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "INSTRUCTGPT_", "PREFECT_API"))},
@@ -77,7 +81,7 @@ def _runs(root: Path) -> pd.DataFrame:
 def test_dvc_repro_builds_validated_outputs_and_tracks_each_stage(clone: tuple[Path, dict[str, str]]) -> None:
     root, env = clone
     first = _run([str(BIN / "dvc"), "repro", "encode"], root, env)
-    for stage in STAGES:
+    for stage in DATA_STAGES:
         assert f"Running stage '{stage}'" in first.stdout
 
     prepared = root / "data/prepared"
@@ -100,14 +104,14 @@ def test_dvc_repro_builds_validated_outputs_and_tracks_each_stage(clone: tuple[P
     assert meta["mixture"]["shares"]["c4"] == 0.5
     assert natural < 0.5 and meta["mixture"]["epochs"]["c4"] == pytest.approx(0.5 / natural, rel=0.05)
 
-    metrics = {s: json.loads((root / f"metrics/{s}.json").read_text()) for s in STAGES}
+    metrics = {s: json.loads((root / f"metrics/{s}.json").read_text()) for s in DATA_STAGES}
     assert metrics["ingest"]["sources"]["c4"]["kept"]["documents"] > 250
     assert set(metrics["tokenizer"]["val_bytes_per_token"]) == {"tinyshakespeare", "c4", "wikitext2"}
     assert metrics["encode"]["tokens_total"]["train"] == len(train)
 
     runs = _runs(root)
     stage_runs = runs[runs["tags.stage"].notna()]
-    assert sorted(stage_runs["tags.stage"]) == sorted(STAGES)
+    assert sorted(stage_runs["tags.stage"]) == sorted(DATA_STAGES)
     assert set(stage_runs["status"]) == {"FINISHED"}
     parents = set(stage_runs["tags.mlflow.parentRunId"])
     assert len(parents) == 1
@@ -133,7 +137,7 @@ def test_the_prefect_flow_runs_the_same_stages(clone: tuple[Path, dict[str, str]
     runs = _runs(root)
     new = runs.iloc[: len(runs) - before]  # newest first
     stage_runs = new[new["tags.stage"].notna()]
-    assert sorted(stage_runs["tags.stage"]) == sorted(STAGES), result.stdout[-3000:]
+    assert sorted(stage_runs["tags.stage"]) == sorted(DATA_STAGES), result.stdout[-3000:]
     parent = new[new["tags.mlflow.runName"] == "pipeline"].iloc[0]
     assert parent["tags.launcher"] == "prefect" and parent["status"] == "FINISHED"
     assert set(stage_runs["tags.mlflow.parentRunId"]) == {parent["run_id"]}
@@ -163,3 +167,30 @@ def test_a_malformed_source_fails_ingest_naming_file_line_and_field(
         assert not list(prepared.glob("*.tmp"))  # and no temporaries
     finally:
         _run(["git", "checkout", "data/sources.yaml"], root, env)
+
+
+def test_pretrain_trains_publishes_the_base_model_and_tracks_the_curve(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    result = _run([str(BIN / "dvc"), "repro", "pretrain"], root, env)
+    assert "Running stage 'pretrain'" in result.stdout
+    model = load_model(root / "data/models/base")
+    assert model.config.n_layer == 2 and model.config.vocab_size == 1024
+    assert sha256_file(root / "data/models/base/tokenizer.json") == sha256_file(root / "data/tokenizer/tokenizer.json")
+
+    metrics = json.loads((root / "metrics/pretrain.json").read_text())
+    assert metrics["steps"] == 6 and metrics["tokens_seen"] == 6 * 4 * 128
+    assert metrics["val_loss"] < metrics["val_loss_initial"]  # even six steps learn something
+    assert set(metrics["val_ppl_per_source"]) == {"tinyshakespeare", "c4", "wikitext2"}
+    train_curve = pd.read_csv(root / "metrics/pretrain/train.csv")
+    val_curve = pd.read_csv(root / "metrics/pretrain/val.csv")
+    assert train_curve["step"].tolist() == [2, 4, 6] and val_curve["step"].tolist() == [0, 3, 6]
+    plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], root, env)
+    assert "pretrain loss" in plots.stdout
+
+    runs = _runs(root)
+    run = runs[runs["tags.stage"] == "pretrain"].iloc[0]
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(run["run_id"], "loss")] == [2, 4, 6]
+    assert [m.step for m in client.get_metric_history(run["run_id"], "val/loss")] == [0, 3, 6]
+    assert run["params.preset"] == "cpu-tiny"
+    assert "Running stage" not in _run([str(BIN / "dvc"), "repro", "pretrain"], root, env).stdout

@@ -49,3 +49,19 @@ def test_a_crash_between_the_two_renames_is_recovered(tmp_path: Path) -> None:
         with atomic_dir(target):
             raise RuntimeError("crash")
     assert (target / "a.bin").read_text() == "1"
+
+
+def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
+    write_json(tmp_path / "m.json", {})
+    with atomic_dir(tmp_path / "d") as out:
+        (out / "x").write_text("1")
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

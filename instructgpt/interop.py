@@ -138,3 +138,23 @@ def _write_tokenizer(tokenizer: Tokenizer, out: Path, *, context: int) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m instructgpt.interop MODEL_DIR OUT_DIR: export a published model (e.g. data/models/base)."""
+    import argparse
+
+    from instructgpt.checkpoint import load_model
+    from instructgpt.tokenizer import load_tokenizer
+
+    parser = argparse.ArgumentParser(prog="python -m instructgpt.interop", description=main.__doc__)
+    parser.add_argument("model_dir", type=Path, help="a model directory with model.safetensors, state.json, tokenizer.json")
+    parser.add_argument("out_dir", type=Path)
+    args = parser.parse_args(argv)
+    model = load_model(args.model_dir)
+    tokenizer = load_tokenizer(args.model_dir / "tokenizer.json")
+    print(f"exported to {export_hf(model, tokenizer, args.out_dir)}")
+
+
+if __name__ == "__main__":
+    main()

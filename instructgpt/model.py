@@ -10,6 +10,8 @@ GPT-2 with alternating dense and locally banded sparse attention layers.
 Attention goes through `torch.nn.functional.scaled_dot_product_attention`: flash or memory-efficient
 kernels on GPUs, a fused kernel on CPUs. Without padding or a cache the call is `is_causal=True`;
 with them (sampling, left-padded prompts) an explicit boolean mask is built once per forward.
+On CPUs the fp32 linear layers multiply through oneDNN rather than MKL (`Linear`, below): the same
+parameters and arithmetic, twice as fast on AMD processors.
 
 The forward pass returns the hidden states as well as the logits, so that reward, value and task
 heads read the same representation. Parameter names follow Hugging Face's GPT-2 (`transformer.h.0
@@ -145,12 +147,72 @@ class KVCache:
         self.mask = self.mask[index]
 
 
+# PyTorch multiplies fp32 matrices on a CPU with MKL, which runs only its AVX2 kernels on AMD
+# processors; oneDNN, which PyTorch also ships, picks kernels by the CPU's features and runs AVX-512
+# ones. On the development machine (AMD EPYC, Zen 5, 2 cores) that is 2.2x the fp32 GFLOP/s and 1.5x
+# the whole training step (BENCHMARKS.md); Intel CPUs, where MKL has AVX-512 kernels too, are not
+# measured. The op is the one torch.compile's CPU backend emits for linear layers with frozen
+# weights; it computes `a @ b.T + bias` in fp32 like `F.linear`, and has no autograd formula, hence
+# `_OneDNNLinear`. `torch.backends.mkldnn.enabled = False` switches it off.
+_onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def _onednn_mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    return _onednn_linear(a, b, bias, "none", [], "")
+
+
+# `a @ b.T` through oneDNN for the hardware probe (instructgpt.hardware), or None where it is absent.
+fast_cpu_matmul = _onednn_mm if _onednn_linear is not None else None
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """`F.linear(x, weight, bias)` and its gradients, each product one oneDNN call."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_mm(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.reshape(-1, grad.shape[-1])
+        x2d = x.reshape(-1, x.shape[-1])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_mm(grad, weight.t()).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            # grad.T @ x. oneDNN copies a transposed first operand to make it contiguous: let that
+            # be the narrower of x and grad.
+            if weight.shape[0] >= weight.shape[1]:
+                grad_weight = _onednn_mm(x2d.t(), grad.t()).t()
+            else:
+                grad_weight = _onednn_mm(grad.t(), x2d.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+class Linear(nn.Linear):
+    """`nn.Linear`, whose fp32 products on a CPU go through oneDNN (see above); same parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # torch.compile lowers this op only for frozen (inference) weights; it picks its own kernels
+        if (_onednn_linear is not None and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+                and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling()):
+            return _OneDNNLinear.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.n_head, self.head_dim = config.n_head, config.head_dim
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual = True  # type: ignore[attr-defined]  # scaled init, see GPT._init_weights
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -201,8 +263,8 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.ffn, bias=config.bias)
-        self.c_proj = nn.Linear(config.ffn, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, config.ffn, bias=config.bias)
+        self.c_proj = Linear(config.ffn, config.n_embd, bias=config.bias)
         self.c_proj.residual = True  # type: ignore[attr-defined]
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(config.dropout)
@@ -242,7 +304,7 @@ class GPT(nn.Module):
                 if config.ln_position == "pre" else nn.Identity(),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
         self.apply(self._init_weights)
 

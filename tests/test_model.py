@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from instructgpt.model import GPT, PRESETS, PUBLISHED_PARAMS_M, GPTConfig, causal_mask, preset
+from instructgpt.model import GPT, PRESETS, PUBLISHED_PARAMS_M, GPTConfig, Linear, causal_mask, preset
 
 TOL = 1e-5  # fp32: the cached and the full forward sum the same terms in a different order
 
@@ -107,3 +107,22 @@ def test_weight_decay_groups_hold_matrices_only() -> None:
 def test_context_is_enforced() -> None:
     with pytest.raises(ValueError, match="exceeds the context"):
         _model()(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_onednn_linear_matches_f_linear_in_values_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    for in_features, out_features, bias in [(48, 160, True), (160, 48, True), (64, 64, False)]:
+        ours = Linear(in_features, out_features, bias=bias)
+        x = torch.randn(3, 7, in_features, requires_grad=True)
+        y = ours(x)
+        assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"  # the fast path was taken
+        grads = torch.autograd.grad(y, [x, *ours.parameters()], torch.ones_like(y))
+        reference = torch.nn.functional.linear(x, ours.weight, ours.bias)
+        expected = torch.autograd.grad(reference, [x, *ours.parameters()], torch.ones_like(y))
+        assert (y - reference).abs().max().item() < TOL
+        for got, want in zip(grads, expected):
+            assert got.shape == want.shape and (got - want).abs().max().item() < 1e-4
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast and a disabled oneDNN take F.linear
+        assert ours(x).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert type(ours(x).grad_fn).__name__ != "_OneDNNLinearBackward"

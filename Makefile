@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup run test test-fast bench ui flow serve clean-runs
+.PHONY: setup run test test-fast bench ui flow serve
 
 ## setup: create .venv, install the project with its pinned dependencies, initialise DVC (idempotent)
 setup: $(VENV)/.installed
@@ -39,9 +39,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## bench: benchmarks that print figures
+## bench: benchmarks that print figures (encode, train step, sampling)
 bench: setup
 	$(BIN)/python benchmarks/encode.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/sample.py
 
 ## flow: run the pipeline once as a Prefect flow (a local server is started on demand)
 flow: setup

@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+
+from timing import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("INSTRUCTGPT_DATA_MIRROR", ROOT.parent / "shared" / "data"))
@@ -108,7 +109,7 @@ def main() -> None:
             "(c) tiktoken encode_ordinary_batch": tt_batch,
             "(c) tiktoken, slices per thread (the stage's call)": tt_sliced,
         }
-        rows = list(zip(contenders, best_of(list(contenders.values()), args.repeats)))
+        rows = list(zip(contenders, best_of(list(contenders.values()), args.repeats, warmup=True)))
         engine = read_meta(Path(tmp) / "shards")["engine"]
 
     width = max(len(name) for name, _ in rows)
@@ -145,19 +146,6 @@ def austen_documents(max_bytes: int):
     if not rows:
         sys.exit(f"no Austen under {DATA}: put the data pack at ../shared/data or set INSTRUCTGPT_DATA_MIRROR")
     return pd.DataFrame(rows)
-
-
-def best_of(runs: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall time of each run; rounds interleave the runs so load from elsewhere hits all alike."""
-    for run in runs:
-        run()  # warm up: thread pools, BPE caches, page cache
-    best = [float("inf")] * len(runs)
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            started = time.perf_counter()
-            run()
-            best[i] = min(best[i], time.perf_counter() - started)
-    return best
 
 
 if __name__ == "__main__":

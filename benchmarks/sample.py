@@ -29,10 +29,11 @@ import os
 import platform
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
+
+from timing import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("INSTRUCTGPT_DATA_MIRROR", ROOT.parent / "shared" / "data"))
@@ -154,17 +155,6 @@ def main() -> None:
         f"{lengths.median().item()}): finished rows dropped {drop_s * 1e3:.1f} ms, kept {keep_s * 1e3:.1f} ms; "
         f"dropping is {keep_s / drop_s:.2f}x as fast, same tokens"
     )
-
-
-def best_of(runs: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall time of each run; rounds interleave the runs so load from elsewhere hits all alike."""
-    best = [float("inf")] * len(runs)
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            started = time.perf_counter()
-            run()
-            best[i] = min(best[i], time.perf_counter() - started)
-    return best
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from instructgpt.errors import ConfigError
+from stages.provenance import find_dvc_root
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,9 @@ class StageNode:
 def find_repo_root(start: str | Path | None = None) -> Path:
     """The nearest directory at or above `start` (default: the cwd) holding a `.dvc` directory."""
     here = Path(start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / ".dvc").is_dir():
-            return candidate
+    root = find_dvc_root(here)
+    if root is not None:
+        return root
     raise ConfigError("no DVC repo here or above: run from the project, or pass root", file=here)
 
 

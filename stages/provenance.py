@@ -30,7 +30,7 @@ def repo_root(start: str | Path | None = None) -> Path:
     `tracking.store_root` maps it back to the launching repo, where the MLflow store lives.
     """
     here = Path(start or os.getcwd()).resolve()
-    root = _find_dvc_root(here)
+    root = find_dvc_root(here)
     if root is None:
         raise FileNotFoundError(
             f"{here} is not inside a DVC repository (no .dvc directory above it); "
@@ -39,7 +39,8 @@ def repo_root(start: str | Path | None = None) -> Path:
     return root
 
 
-def _find_dvc_root(path: Path) -> Path | None:
+def find_dvc_root(path: Path) -> Path | None:
+    """The nearest directory at or above `path` holding a `.dvc` directory, or None."""
     for candidate in (path, *path.parents):
         if (candidate / ".dvc").is_dir():
             return candidate

@@ -1,4 +1,5 @@
-"""Pretraining batches from token shards: random training windows, and per-source validation windows.
+"""Batches: random training windows of token shards, per-source validation windows, and epochs over
+a list of examples (SFT demonstrations, ranked sets) padded to the longest row.
 
 Training (`TokenBatches`): every row is a window of `context + 1` tokens starting at a uniformly
 random offset of the train shard (windows cross document boundaries, whose end-of-text tokens the
@@ -22,7 +23,7 @@ targets. Mean loss per source is then a plain token-weighted mean, and perplexit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,53 @@ class TokenBatches:
         starts = self.starts(step, (position + 1) * b)[position * b :]
         windows = np.stack([self.tokens[s : s + self.context + 1] for s in starts]).astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
+
+
+class EpochSampler:
+    """Which examples a micro batch holds: epochs over `n` examples, each epoch a fresh permutation.
+
+    The rows of the global batch follow one another through the epochs: step s's global batch is
+    positions ``s * G .. (s + 1) * G - 1`` of the endless sequence perm(0), perm(1), ..., with
+    G = batch_size x grad_accum x world, and micro step m of process r takes the B positions from
+    ``s * G + (m * world + r) * B``. As with `TokenBatches`, a micro batch is a pure function of
+    (seed, step, micro, rank, world), and every layout of the same global batch sees the same rows;
+    unlike it, every example is seen once per epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError("there are no examples to train on")
+        self.n, self.batch_size, self.grad_accum, self.seed = n, batch_size, grad_accum, seed
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def indices(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> np.ndarray:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world}")
+        b = self.batch_size
+        first = step * b * self.grad_accum * world + (micro * world + rank) * b
+        positions = np.arange(first, first + b)
+        epochs, offsets = np.divmod(positions, self.n)
+        return np.array([self._permutation(int(e))[o] for e, o in zip(epochs, offsets)], dtype=np.int64)
+
+    def epochs(self, steps: int, world: int = 1) -> float:
+        """How many passes over the examples `steps` optimizer steps make."""
+        return steps * self.batch_size * self.grad_accum * world / self.n
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            if len(self._permutations) >= 4:  # a step spans at most a few epochs
+                self._permutations.pop(min(self._permutations))
+            self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._permutations[epoch]
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad: int) -> np.ndarray:
+    """int64 [len(rows), longest]: each row from the left, `pad` after it."""
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), pad, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ message that quotes "<|assistant|>" cannot forge a turn. Only the final response
 end-of-text are trained on (InstructGPT's SFT learns to answer, not to write prompts); earlier
 assistant turns are context. Too long an example keeps its most recent context: whole turns are
 dropped from the front of the prompt, then the prompt's text is cut from the left, and only a
-response that cannot fit even alone is cut (it then has no end-of-text, which the mask records).
+response that cannot fit beside what is left of the prompt is cut (it then has no end-of-text).
 """
 
 from __future__ import annotations
@@ -52,11 +52,20 @@ class ChatTemplate:
         pieces = self._turns(turns) + [[self.marker["assistant"]]]
         return _fit_left(pieces, max_len)
 
-    def render(self, prompt: str, response: str, max_len: int | None = None) -> Rendered:
-        """Prompt and response; `train_on` is True on the response tokens and the end-of-text."""
+    def render(self, prompt: str, response: str, max_len: int | None = None, min_prompt_tokens: int = 0) -> Rendered:
+        """Prompt and response; `train_on` is True on the response tokens and the end-of-text.
+
+        A response too long to fit beside its prompt is cut at the end, leaving the prompt
+        `min_prompt_tokens` (or its whole length, if shorter), and at least the user marker, one
+        prompt token and the assistant marker: a long answer should not leave its question unread.
+        """
         answer = encode_ordinary_batch(self.tokenizer, [response])[0] + [self.eot]
-        if max_len is not None and len(answer) > max_len - 3:
-            answer = answer[: max_len - 3]  # room for the user marker, one prompt token, the assistant marker
+        if max_len is not None:
+            reserve = 3  # the user marker, one prompt token, the assistant marker
+            if min_prompt_tokens > reserve and len(answer) > max_len - reserve:
+                reserve = min(len(self.prompt_ids(prompt)), min_prompt_tokens, max_len - 1)
+            if len(answer) > max_len - reserve:
+                answer = answer[: max_len - reserve]
         prompt_ids = self.prompt_ids(prompt, None if max_len is None else max_len - len(answer))
         return Rendered(prompt_ids + answer, [False] * len(prompt_ids) + [True] * len(answer))
 

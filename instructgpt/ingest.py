@@ -14,7 +14,7 @@ from typing import Any, Iterable, Literal
 
 import pandas as pd
 
-from instructgpt import corpus, dedup, schemas
+from instructgpt import corpus, dedup, phases, schemas
 from instructgpt.errors import ConfigError, DataError
 from instructgpt.formats import get_format
 from instructgpt.formats.base import Reject, Row
@@ -52,8 +52,11 @@ class IngestConfig:
     shingle_words: int = 5
     max_reject_fraction: float = 0.05
     salt: str = "instructgpt-v1"
+    # Which InstructGPT step each prompt serves (instructgpt.phases): shares of demonstration prompts.
+    phases: dict[str, float] = field(default_factory=lambda: dict(phases.DEFAULT_SHARES))
 
     def __post_init__(self) -> None:
+        phases.check_shares(self.phases)
         for name in ("val_fraction", "task_dev_fraction", "task_test_fraction", "max_reject_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
@@ -122,6 +125,7 @@ def ingest(inputs: list[SourceInput], config: IngestConfig) -> IngestResult:
     comparisons = _fielded(by_table["comparisons"], "comparisons", config, ledger)
     rankings = _rankings(by_table["rankings"], comparisons, config, ledger)
     prompts = _prompts(by_table["prompts"], demonstrations, comparisons, rankings, config, ledger)
+    _assign_phases(demonstrations, prompts, rankings, config)
     tasks = _tasks(by_table["tasks"], config)
 
     rejects = pd.DataFrame(ledger.rows, columns=list(schemas.Rejects.to_schema().columns))
@@ -309,6 +313,13 @@ def _prompts(
     if not present:
         return schemas.empty(schemas.Prompts)
     return pd.concat(present, ignore_index=True).drop_duplicates("prompt", keep="first").reset_index(drop=True)
+
+
+def _assign_phases(demonstrations: pd.DataFrame, prompts: pd.DataFrame, rankings: pd.DataFrame, config: IngestConfig) -> None:
+    """The `phase` column of demonstrations and prompts: one phase per distinct prompt, in both tables."""
+    demonstrated, compared = set(demonstrations["prompt"]), set(rankings["prompt"])
+    for frame in (demonstrations, prompts):
+        frame["phase"] = phases.assign(frame["prompt"].tolist(), config.salt, config.phases, demonstrated, compared)
 
 
 def _tasks(records: list[_Record], config: IngestConfig) -> pd.DataFrame:

@@ -78,16 +78,16 @@ class Pretraining:
                 targets_t = torch.from_numpy(targets).to(device)
                 loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), targets_t.flatten(), ignore_index=IGNORE, reduction="sum"))
             metrics[f"val/{source}/loss"] = loss_sum / windows.n_tokens
-            metrics[f"val/{source}/ppl"] = _perplexity(loss_sum / windows.n_tokens)
+            metrics[f"val/{source}/ppl"] = perplexity(loss_sum / windows.n_tokens)
             total_loss += loss_sum
             total_tokens += windows.n_tokens
         if total_tokens:
             metrics["val/loss"] = total_loss / total_tokens
-            metrics["val/ppl"] = _perplexity(total_loss / total_tokens)
+            metrics["val/ppl"] = perplexity(total_loss / total_tokens)
         return metrics
 
 
-def _perplexity(loss: float) -> float:
+def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))  # exp overflows a float beyond ~709
 
 

@@ -21,6 +21,7 @@ TRAIN_VAL = ["train", "val"]
 TASK_SPLITS = ["train", "dev", "test"]
 TASK_TYPES = ["classification", "entailment", "similarity", "multiple_choice"]
 REJECT_KINDS = ["invalid", "filtered", "duplicate"]
+PHASES = ["sft", "reward", "ppo", "eval"]  # instructgpt.phases: the InstructGPT step a prompt serves
 
 
 def _non_blank(series: pd.Series) -> pd.Series:
@@ -58,12 +59,13 @@ class Documents(pa.DataFrameModel):
 
 
 class Demonstrations(pa.DataFrameModel):
-    """Prompt and the response a person (or a stated model) wrote for it."""
+    """Prompt and the response a person (or a stated model) wrote for it, and the step it serves."""
 
     prompt: Series[str]
     response: Series[str]
     source: Series[str]
     split: Series[str] = pa.Field(isin=TRAIN_VAL)
+    phase: Series[str] = pa.Field(isin=PHASES)
 
     Config = _Config
 
@@ -124,11 +126,12 @@ class Rankings(pa.DataFrameModel):
 
 
 class Prompts(pa.DataFrameModel):
-    """Prompts for reinforcement learning (each once)."""
+    """Every distinct prompt once, with the step it serves (PPO takes `phase == "ppo"`)."""
 
     prompt: Series[str] = pa.Field(unique=True)
     source: Series[str]
     split: Series[str] = pa.Field(isin=TRAIN_VAL)
+    phase: Series[str] = pa.Field(isin=PHASES)
 
     Config = _Config
 

@@ -132,6 +132,10 @@ class Tracker:
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """`obj` as a JSON (or YAML, by extension) artifact."""
 
+    def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows of one table as an MLflow table artifact (`artifact_file` ends in .json), which the
+        UI shows as a table and `mlflow.load_table` reads back."""
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """String tags on the run (values truncated to MLflow's limit)."""
 
@@ -174,6 +178,11 @@ class MlflowTracker(Tracker):
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
+        import pandas as pd
+
+        self.client.log_table(self.run_id, pd.DataFrame(list(rows)), artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag

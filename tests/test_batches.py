@@ -86,3 +86,26 @@ def test_val_windows_can_be_capped_per_source(random_shards: Path) -> None:
     for source, w in windows.items():
         assert w.n_tokens == 50
         assert np.array_equal(w.targets[w.targets != IGNORE], _source_stream(random_shards, source)[1:51])
+
+
+def test_an_epoch_sampler_sees_every_example_once_per_epoch_in_any_layout() -> None:
+    from instructgpt.batches import EpochSampler
+
+    one = EpochSampler(n=10, batch_size=4, grad_accum=1, seed=3)
+    seen = np.concatenate([one.indices(step) for step in range(5)])  # 20 rows: two epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert not np.array_equal(seen[:10], seen[10:])  # each epoch is shuffled afresh
+    # the same global batch: 1 process x 4 rows, 2 processes x 2 rows, 1 process x 2 micro x 2 rows
+    two_ranks = EpochSampler(10, 2, 1, seed=3)
+    accumulated = EpochSampler(10, 2, 2, seed=3)
+    for step in range(4):
+        whole = one.indices(step)
+        assert np.array_equal(np.concatenate([two_ranks.indices(step, 0, r, 2) for r in range(2)]), whole)
+        assert np.array_equal(np.concatenate([accumulated.indices(step, m) for m in range(2)]), whole)
+    assert one.epochs(5) == 2.0
+
+
+def test_pad_right_keeps_rows_at_the_left() -> None:
+    from instructgpt.batches import pad_right
+
+    assert pad_right([[1, 2, 3], [4]], pad=0).tolist() == [[1, 2, 3], [4, 0, 0]]

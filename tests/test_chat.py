@@ -76,3 +76,15 @@ def test_every_length_limit_is_respected_and_the_response_starts_after_the_marke
         assert len(example) <= max_len
         first = example.train_on.index(True)
         assert example.ids[first - 1] == assistant and not any(example.train_on[:first])
+
+
+def test_a_long_response_leaves_the_prompt_its_reserved_room(tokenizer: Tokenizer) -> None:
+    template = ChatTemplate(tokenizer)
+    question = "What does Emma think of Mr Knightley, and why does it change?"
+    whole_prompt = len(template.prompt_ids(question))
+    example = template.render(question, "word " * 300, max_len=64, min_prompt_tokens=16)
+    assert len(example) == 64
+    assert example.train_on.index(True) == 16  # the prompt kept 16 tokens, cut from the left
+    short = template.render("Why?", "word " * 300, max_len=64, min_prompt_tokens=16)
+    assert short.train_on.index(True) == len(template.prompt_ids("Why?")) < 16  # a short prompt is whole
+    assert whole_prompt > 16

@@ -108,6 +108,10 @@ def test_instruction_tables_prompts_and_rankings(tmp_path: Path) -> None:
     split_of = dict(zip(demonstrations["prompt"], demonstrations["split"]))
     assert all(split_of[p] == s for p, s in zip(comparisons["prompt"], comparisons["split"]) if p in split_of)
     assert result.tables["rejects"]["kind"].tolist() == ["duplicate"]
+    # one prompt, one phase: compared prompts are reward data, in both tables that carry the phase
+    phase_of = dict(zip(prompts["prompt"], prompts["phase"]))
+    assert all(phase_of[p] == ph for p, ph in zip(demonstrations["prompt"], demonstrations["phase"]))
+    assert {phase_of[f"Say {i}"] for i in range(5)} == {"reward"} and phase_of["new"] == "reward"
 
 
 def test_a_catalogue_split_puts_a_whole_source_in_it(tmp_path: Path) -> None:

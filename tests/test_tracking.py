@@ -202,3 +202,15 @@ def test_dvc_launcher_recognises_pipeline_commands(
 def test_flatten_params_uses_dotted_keys_and_json_values() -> None:
     flat = tracking.flatten_params({"a": {"b": {"c": True}}, "d": None, "e": "text", "f": {}})
     assert flat == {"a.b.c": "true", "d": "null", "e": "text", "f": "{}"}
+
+
+def test_a_logged_table_reads_back_with_mlflow(root: Path) -> None:
+    import mlflow
+
+    rows = [{"prompt": "Hi?", "reference": "Hello.", "response": "Hey."}, {"prompt": "2+2?", "reference": "4", "response": "5"}]
+    with tracking.stage_run("sft", root) as t:
+        t.log_table(rows, "samples.json")
+    (run,) = runs(root)["sft"]
+    mlflow.set_tracking_uri(tracking.tracking_uri(root))
+    table = mlflow.load_table("samples.json", run_ids=[run.info.run_id])
+    assert table[["prompt", "reference", "response"]].to_dict("records") == rows

@@ -1,0 +1,116 @@
+"""What the training stages (pretrain, sft, reward) share around the loop: where a run's checkpoints
+live, the evaluation before the first step, the curve files, and publishing the trained model.
+
+- `run_dir`: `.runs/<stage>/<key>`, the key a hash of the stage's params and its input files, so
+  a killed run started again resumes, and a run with other params or data starts afresh.
+- `CurveRecorder`: every logged step goes to a JSON-lines log beside the checkpoints and to
+  MLflow; at the end it becomes `metrics/<stage>/{train,val}.csv` (`dvc plots`) and a PNG.
+- `publish`: the trained model as `data/models/<name>/`: weights, state (config, step, metrics and
+  the caller's extras) and the tokenizer, written atomically, without optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from instructgpt import atomic, checkpoint, curves, hardware
+from instructgpt.sources import sha256_file
+from instructgpt.train import TrainConfig
+from stages.common import StageContext
+
+
+def run_dir(ctx: StageContext, params: Any, inputs: Iterable[Path]) -> Path:
+    """`.runs/<stage>/<hash of params and the inputs' contents>` (a directory's files, sorted)."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
+    for path in inputs:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(sha256_file(file).encode())
+    return ctx.path(Path(".runs") / ctx.name / digest.hexdigest()[:16])
+
+
+def evaluate_before_training(model: nn.Module, task: Any, train: TrainConfig) -> dict[str, float]:
+    """The task's evaluation of the untrained (or not yet fine-tuned) model: the curve's step 0."""
+    device = hardware.select_device(train.device)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        with torch.no_grad(), hardware.autocast(device, hardware.select_dtype(train.dtype, device)):
+            return {k: float(v) for k, v in task.evaluate(model).items()}
+    finally:
+        model.to("cpu").train(was_training)
+
+
+class CurveRecorder:
+    """The train and val series of one run: appended as they come, tracked, and drawn at the end."""
+
+    def __init__(self, ctx: StageContext, run: Path) -> None:
+        self.ctx = ctx
+        self.log = curves.CurveLog(run / "curve.jsonl")
+        self.dir = ctx.path(Path("metrics") / ctx.name)
+
+    def start(self, task: Any, model: nn.Module, train: TrainConfig) -> dict[str, float] | None:
+        """Evaluate before the first step, unless the run resumes (then it already has step 0)."""
+        if checkpoint.latest_checkpoint(self.log.path.parent / "checkpoints") is not None:
+            return None
+        initial = evaluate_before_training(model, task, train)
+        self.val(0, initial)
+        return initial
+
+    def train(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.log.append("train", step, metrics)
+        self.ctx.tracker.log_metrics(curves.finite(metrics), step=step)
+
+    def val(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.log.append("val", step, metrics)
+        self.ctx.tracker.log_metrics(curves.finite(metrics), step=step)
+
+    def write(self, upto: int, title: str, train_columns: list[str], val_columns: list[str] | None = None) -> tuple[Any, Any]:
+        """`train.csv`, `val.csv` and `loss.png` under `metrics/<stage>/`, logged to MLflow; the frames."""
+        train_curve, val_curve = self.log.frame("train", upto=upto), self.log.frame("val", upto=upto)
+        val_columns = val_columns or sorted(c for c in val_curve.columns if c.endswith("loss"))
+        curves.write_csv(train_curve, self.dir / "train.csv", train_columns)
+        curves.write_csv(val_curve, self.dir / "val.csv", val_columns)
+        curves.plot_losses(train_curve, val_curve, self.dir / "loss.png", title)
+        for name in ("train.csv", "val.csv", "loss.png"):
+            self.ctx.tracker.log_artifact(self.dir / name, "curves")
+        return train_curve, val_curve
+
+    def initial(self) -> Mapping[str, float] | None:
+        """The step-0 evaluation, from the log (also when this invocation resumed)."""
+        val = self.log.frame("val")
+        if len(val) and val["step"].iloc[0] == 0:
+            return val.iloc[0].to_dict()
+        return None
+
+
+def publish(step_dir: Path, tokenizer: Path, target: Path) -> None:
+    """A trained checkpoint as a model directory: weights, state and tokenizer; no optimizer state."""
+    with atomic.atomic_dir(target) as out:
+        for name in (checkpoint.MODEL_FILE, checkpoint.STATE_FILE):
+            shutil.copyfile(step_dir / name, out / name)
+        shutil.copyfile(tokenizer, out / "tokenizer.json")
+
+
+def publish_model(model: nn.Module, tokenizer: Path, target: Path, *, step: int, extra: dict[str, Any]) -> None:
+    """`model` as it is now (e.g. after a post-training change) as a model directory, atomically."""
+    with atomic.atomic_dir(target) as out:
+        checkpoint.save_checkpoint(out, model, step=step, extra=extra)
+        shutil.copyfile(tokenizer, out / "tokenizer.json")
+
+
+def speed(train_curve: Any) -> dict[str, float | None]:
+    """Mean tokens/s and MFU over the second half of the logged steps (after warm-up)."""
+    steady = train_curve.tail(max(1, len(train_curve) // 2))
+    return {
+        "tokens_per_s": round(float(steady["tokens_per_s"].mean()), 1) if "tokens_per_s" in steady else None,
+        "mfu": round(float(steady["mfu"].mean()), 4) if "mfu" in steady else None,
+    }

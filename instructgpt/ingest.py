@@ -128,9 +128,7 @@ def ingest(inputs: list[SourceInput], config: IngestConfig) -> IngestResult:
     _assign_phases(demonstrations, prompts, rankings, config)
     tasks = _tasks(by_table["tasks"], config)
 
-    rejects = pd.DataFrame(ledger.rows, columns=list(schemas.Rejects.to_schema().columns))
-    rejects["line"] = rejects["line"].astype("Int64")
-    rejects["field"] = rejects["field"].astype("str").where(rejects["field"].notna(), None)
+    rejects = schemas.rejects_table(ledger.rows)
     tables = {
         "documents": documents,
         "demonstrations": demonstrations,

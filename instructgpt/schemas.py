@@ -125,6 +125,21 @@ class Rankings(pa.DataFrameModel):
         return df.apply(ok, axis=1) if len(df) else pd.Series([], dtype=bool)
 
 
+class RankedSets(Rankings):
+    """The reward model's data (stage `comparisons`): ranked sets with who ranked them.
+
+    source: the dataset of an imported pair (`hh_rlhf`, ...), `sampled` for the SFT model's K
+    responses ranked by a labeler, `labels` for sets from labels files. labeler: `imported`,
+    `programmatic`, or the id a labels file gives.
+    """
+
+    labeler: Series[str]
+
+    @pa.check("responses", name="responses_are_distinct", element_wise=True)
+    def _distinct(cls, value: Any) -> bool:
+        return len(set(value)) == len(list(value))
+
+
 class Prompts(pa.DataFrameModel):
     """Every distinct prompt once, with the step it serves (PPO takes `phase == "ppo"`)."""
 
@@ -240,6 +255,16 @@ def _describe(err: SchemaErrors | SchemaError) -> str:
         where = f" at rows {rows}" if rows else f" (got {group['failure_case'].iloc[0]})"
         parts.append(f"check {check}{column} failed{where}")
     return "; ".join(parts[:5])
+
+
+def rejects_table(rows: list[dict]) -> pd.DataFrame:
+    """Reject rows ({source, file, line, field, kind, reason, record}) as a `Rejects` frame, empty or not."""
+    if not rows:
+        return empty(Rejects)
+    rejects = pd.DataFrame(rows, columns=list(Rejects.to_schema().columns))
+    rejects["line"] = rejects["line"].astype("Int64")
+    rejects["field"] = rejects["field"].astype("str").where(rejects["field"].notna(), None)
+    return rejects
 
 
 def empty(model: type[pa.DataFrameModel]) -> pd.DataFrame:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import pandas as pd
 import yaml
 
 from instructgpt import atomic, tracking
-from instructgpt.errors import DataError
+from instructgpt.errors import ConfigError, DataError
 from stages import provenance
 
 
@@ -54,6 +55,24 @@ def load_params(root: Path) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise DataError("params must be a mapping of stage sections", file=path)
     return params
+
+
+def read_table(path: Path, what: str, stage: str) -> pd.DataFrame:
+    """A parquet table another stage wrote; a missing or unreadable one names the stage that writes it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read the {what} ({err}); run `dvc repro {stage}`", file=path) from err
+
+
+def select_sources(ctx: StageContext, table: pd.DataFrame, sources: list[str], key: str, what: str) -> pd.DataFrame:
+    """The rows of `table` from `sources` (all when empty); a source it lacks is a config error at `key`."""
+    if not sources:
+        return table
+    unknown = sorted(set(sources) - set(table["source"]))
+    if unknown:
+        raise ConfigError(f"no {what} from source(s) {unknown}; sources: {sorted(set(table['source']))}", file=ctx.where(key))
+    return table[table["source"].isin(sources)]
 
 
 def is_main_process() -> bool:

@@ -14,9 +14,7 @@ the MLflow table `samples.json`).
 from __future__ import annotations
 
 import json
-import math
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,9 @@ from instructgpt.errors import ConfigError, DataError
 from instructgpt.generate import SamplingConfig
 from instructgpt.sft import SupervisedFineTuning, render_examples
 from instructgpt.tokenizer import SPECIAL, load_tokenizer, special_token_ids, tokenizer_sha256
-from instructgpt.train import TrainConfig, seed_everything, train
+from instructgpt.train import TrainConfig, train
 from stages import training
-from stages.common import StageContext, is_main_process, run_stage
+from stages.common import StageContext, is_main_process, read_table, run_stage, select_sources
 from stages.pretrain import BASE_MODEL
 
 DEMONSTRATIONS = Path("data/prepared/demonstrations.parquet")
@@ -60,7 +58,7 @@ def main(ctx: StageContext) -> dict[str, Any]:
     params = from_params(SftParams, ctx.section, ctx.where())
     base = ctx.path(BASE_MODEL)
     tokenizer = load_tokenizer(base / "tokenizer.json")
-    model = _load_base(base, params, ctx.where("model"))
+    model = training.load_language_model(base, params.model, ctx.where("model"))
     max_len = params.max_len or model.config.context
     if max_len > model.config.context:
         raise ConfigError(f"max_len {max_len} exceeds the model's context {model.config.context}", file=ctx.where("max_len"))
@@ -74,17 +72,13 @@ def main(ctx: StageContext) -> dict[str, Any]:
         for name, frame in splits.items()
     }
     pad_id = special_token_ids(tokenizer)[SPECIAL.pad]
-    train_config = _with_epochs(params, len(examples["train"]))
+    train_config = training.with_epochs(params.train, params.epochs, len(examples["train"]))
     task = SupervisedFineTuning(examples["train"], examples["val"], batch_size=train_config.batch_size,
                                 grad_accum=train_config.grad_accum, seed=train_config.seed, pad_id=pad_id,
                                 eval_batch_size=params.eval_batch_size)
 
-    run = training.run_dir(ctx, params, [base, ctx.path(DEMONSTRATIONS)])
-    recorder = training.CurveRecorder(ctx, run)
-    seed_everything(train_config.seed)
-    recorder.start(task, model, train_config)
-    ctx.tracker.log_params({"model": model.config.to_dict(), "run_dir": str(run), "max_steps_used": train_config.max_steps,
-                            "examples.train": len(examples["train"]), "examples.val": len(examples["val"])})
+    run, recorder = training.start_run(ctx, params, [base, ctx.path(DEMONSTRATIONS)], task, model, train_config,
+                                       {"examples.train": len(examples["train"]), "examples.val": len(examples["val"])})
     print(f"  SFT on {len(examples['train']):,} demonstrations ({len(examples['val']):,} held out), "
           f"{train_config.max_steps} steps = {task.sampler.epochs(train_config.max_steps):.2f} epochs")
 
@@ -104,41 +98,13 @@ def main(ctx: StageContext) -> dict[str, Any]:
     return _report(recorder, train_curve, result, train_config, task, examples, samples, params)
 
 
-def _load_base(base: Path, params: SftParams, where: str):
-    try:
-        return checkpoint.load_model(base, **params.model)
-    except checkpoint.CheckpointError as err:
-        if params.model:  # an override the base model cannot take (an unknown field, a shape change)
-            raise ConfigError(f"cannot apply {params.model} to the base model: {err}", file=where) from err
-        raise
-
-
 def _sft_demonstrations(ctx: StageContext, params: SftParams) -> pd.DataFrame:
     path = ctx.path(DEMONSTRATIONS)
-    try:
-        table = pd.read_parquet(path)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read the demonstrations ({err}); run `dvc repro ingest`", file=path) from err
-    if params.sources:
-        unknown = sorted(set(params.sources) - set(table["source"]))
-        if unknown:
-            raise ConfigError(f"no demonstrations from source(s) {unknown}; sources: {sorted(set(table['source']))}",
-                              file=ctx.where("sources"))
-        table = table[table["source"].isin(params.sources)]
+    table = select_sources(ctx, read_table(path, "demonstrations", "ingest"), params.sources, "sources", "demonstrations")
     table = table[table["phase"] == "sft"]
     if not (table["split"] == "train").any():
         raise DataError("no demonstrations of phase 'sft' in the train split: check ingest.phases", file=path)
     return table.reset_index(drop=True)
-
-
-def _with_epochs(params: SftParams, n_train: int) -> TrainConfig:
-    """The train config, its max_steps derived from `epochs` when that is set."""
-    if params.epochs is None:
-        return params.train
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_step = params.train.batch_size * params.train.grad_accum * world
-    steps = max(1, math.ceil(params.epochs * n_train / per_step))
-    return replace(params.train, max_steps=steps, warmup_steps=min(params.train.warmup_steps, steps))
 
 
 def _sample_table(ctx: StageContext, model: Any, template: ChatTemplate, val: pd.DataFrame, params: SftParams) -> list[dict]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -22,8 +24,9 @@ import torch
 from torch import nn
 
 from instructgpt import atomic, checkpoint, curves, hardware
+from instructgpt.errors import ConfigError
 from instructgpt.sources import sha256_file
-from instructgpt.train import TrainConfig
+from instructgpt.train import TrainConfig, seed_everything
 from stages.common import StageContext
 
 
@@ -37,6 +40,25 @@ def run_dir(ctx: StageContext, params: Any, inputs: Iterable[Path]) -> Path:
     return ctx.path(Path(".runs") / ctx.name / digest.hexdigest()[:16])
 
 
+def load_language_model(path: Path, overrides: dict[str, Any], where: str) -> nn.Module:
+    """The GPT of a model directory with config overrides (e.g. dropout); a bad override names `where`."""
+    try:
+        return checkpoint.load_model(path, **overrides)
+    except checkpoint.CheckpointError as err:
+        if overrides:  # an override the model cannot take (an unknown field, a shape change)
+            raise ConfigError(f"cannot apply {overrides} to the model in {path}: {err}", file=where) from err
+        raise
+
+
+def with_epochs(train: TrainConfig, epochs: float | None, examples: int) -> TrainConfig:
+    """`train` with max_steps = ceil(epochs x examples / global batch) when `epochs` is set."""
+    if epochs is None:
+        return train
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = max(1, math.ceil(epochs * examples / (train.batch_size * train.grad_accum * world)))
+    return dataclasses.replace(train, max_steps=steps, warmup_steps=min(train.warmup_steps, steps))
+
+
 def evaluate_before_training(model: nn.Module, task: Any, train: TrainConfig) -> dict[str, float]:
     """The task's evaluation of the untrained (or not yet fine-tuned) model: the curve's step 0."""
     device = hardware.select_device(train.device)
@@ -47,6 +69,18 @@ def evaluate_before_training(model: nn.Module, task: Any, train: TrainConfig) ->
             return {k: float(v) for k, v in task.evaluate(model).items()}
     finally:
         model.to("cpu").train(was_training)
+
+
+def start_run(ctx: StageContext, params: Any, inputs: Iterable[Path], task: Any, model: nn.Module, train: TrainConfig,
+              sizes: Mapping[str, int]) -> tuple[Path, "CurveRecorder"]:
+    """The run directory and curve recorder of a training stage, seeded, with its step-0 evaluation
+    (unless resuming) and the run's params (model config, run directory, steps, data sizes) tracked."""
+    run = run_dir(ctx, params, inputs)
+    recorder = CurveRecorder(ctx, run)
+    seed_everything(train.seed)
+    recorder.start(task, model, train)
+    ctx.tracker.log_params({"model": model.config.to_dict(), "run_dir": str(run), "max_steps_used": train.max_steps, **sizes})
+    return run, recorder
 
 
 class CurveRecorder:

@@ -1,5 +1,6 @@
 """End to end: a temporary clone of the project runs `fetch -> ingest -> tokenizer -> encode` on a
-slice of the real data pack with `dvc repro`, then as a Prefect flow, and meets a malformed source.
+slice of the real data pack with `dvc repro`, then as a Prefect flow, and meets a malformed source;
+then `pretrain`, and `sft -> comparisons -> reward`, which meets a malformed labels file.
 
 The clone is the project's files as they are in this working tree (tracked and untracked, not
 ignored), committed in a fresh git repo, with a small catalogue and params so it runs in seconds.
@@ -21,7 +22,8 @@ import pytest
 import yaml
 
 from instructgpt import schemas, shards
-from instructgpt.checkpoint import load_model
+from instructgpt.checkpoint import load_model, read_state
+from instructgpt.heads import load_reward_model
 from instructgpt.sources import sha256_file
 from instructgpt.tokenizer import load_tokenizer, tokenizer_sha256
 
@@ -57,6 +59,13 @@ def clone(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_pack: 
     params["pretrain"].update(preset="cpu-tiny", val_tokens_per_source=512, eval_batch_size=8)
     params["pretrain"]["train"].update(max_steps=6, batch_size=4, warmup_steps=2, log_every=2, eval_every=3,
                                        checkpoint_every=3)
+    params["sft"].update(epochs=None, sample_prompts=2, sampling={"max_new_tokens": 8, "temperature": 0.7, "top_k": 50, "seed": 0})
+    params["sft"]["train"].update(max_steps=4, batch_size=4, warmup_steps=1, log_every=2, eval_every=2, checkpoint_every=2)
+    params["comparisons"]["imported"]["max_train_sets"] = 16
+    params["comparisons"]["sampled"].update(prompts=8, batch_rows=16,
+                                            sampling={"max_new_tokens": 16, "temperature": 1.0, "top_k": 50, "seed": 0})
+    params["reward"].update(epochs=None)
+    params["reward"]["train"].update(max_steps=4, batch_size=4, warmup_steps=1, log_every=2, eval_every=2, checkpoint_every=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "INSTRUCTGPT_", "PREFECT_API"))},
@@ -194,3 +203,75 @@ def test_pretrain_trains_publishes_the_base_model_and_tracks_the_curve(clone: tu
     assert [m.step for m in client.get_metric_history(run["run_id"], "val/loss")] == [0, 3, 6]
     assert run["params.preset"] == "cpu-tiny"
     assert "Running stage" not in _run([str(BIN / "dvc"), "repro", "pretrain"], root, env).stdout
+
+
+def test_sft_comparisons_and_reward_run_as_instructgpt_steps_one_and_two(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    result = _run([str(BIN / "dvc"), "repro", "reward"], root, env)
+    for stage in ("sft", "comparisons", "reward"):
+        assert f"Running stage '{stage}'" in result.stdout
+
+    sets = schemas.validate(pd.read_parquet(root / "data/comparisons/ranked_sets.parquet"), schemas.RankedSets, "ranked_sets")
+    sampled = sets[sets["source"] == "sampled"]
+    assert set(sets["source"]) == {"dpo_demo", "sampled"}
+    assert set(sampled["labeler"]) == {"programmatic"} and set(sets.loc[sets["source"] == "dpo_demo", "labeler"]) == {"imported"}
+    assert len(sets[(sets["source"] == "dpo_demo") & (sets["split"] == "train")]) == 16  # capped
+    assert sampled["responses"].map(len).between(2, 4).all()
+    demonstrations = pd.read_parquet(root / "data/prepared/demonstrations.parquet")
+    reward_prompts = set(demonstrations.loc[demonstrations["phase"] == "reward", "prompt"])
+    sft_prompts = set(demonstrations.loc[demonstrations["phase"] == "sft", "prompt"])
+    assert set(sampled["prompt"]) <= reward_prompts and not set(sampled["prompt"]) & sft_prompts
+    samples = [json.loads(line) for line in (root / "data/comparisons/sampled.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and all(len(s["ended"]) == len(s["responses"]) for s in samples)
+
+    comparisons = json.loads((root / "metrics/comparisons.json").read_text())
+    assert comparisons["prompts"] == 8 and comparisons["responses_sampled"] == 32
+    assert comparisons["labeler_agreement"] is None and "labeler_agreement_note" in comparisons
+    assert comparisons["sets"] == len(sets)
+
+    reward = json.loads((root / "metrics/reward.json").read_text())
+    assert reward["steps"] == 4 and set(reward["per_source"]) == {"dpo_demo", "sampled"}
+    assert 0.0 <= reward["val_accuracy"] <= 1.0
+    assert abs(reward["references"]["mean"]) < 1e-4  # the bias centres the reference demonstrations
+    model = load_reward_model(root / "data/models/reward")
+    assert float(model.score_bias) == pytest.approx(reward["bias"], abs=1e-5)
+    assert read_state(root / "data/models/reward")["extra"]["model"] == "reward"
+    assert pd.read_csv(root / "metrics/reward/val.csv")["step"].tolist() == [0, 2, 4]
+
+    runs = _runs(root)
+    by_stage = runs[runs["tags.stage"].isin(["sft", "comparisons", "reward"])].groupby("tags.stage").first()
+    assert set(by_stage.index) == {"sft", "comparisons", "reward"}
+    assert by_stage.loc["reward", "metrics.val_accuracy"] == pytest.approx(reward["val_accuracy"], abs=1e-4)
+    assert by_stage.loc["comparisons", "params.sampled.responses"] == "4"
+    assert "Running stage" not in _run([str(BIN / "dvc"), "repro", "reward"], root, env).stdout
+
+
+def test_a_malformed_labels_file_fails_comparisons_naming_file_line_and_field(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    before = hashlib.sha256((root / "data/comparisons/ranked_sets.parquet").read_bytes()).hexdigest()
+    labels = root / "data/labels/ann.jsonl"
+    good = {"prompt": "Which is kinder?", "responses": ["Thank you.", "Go away."], "ranking": [0, 1], "labeler": "ann"}
+    labels.write_text(json.dumps(good) + "\n" + json.dumps({**good, "ranking": [0, "first"]}) + "\n")
+    try:
+        failed = _run([str(BIN / "dvc"), "repro", "comparisons"], root, env, check=False)
+        assert failed.returncode != 0
+        assert "data/labels/ann.jsonl:2: field 'ranking'" in failed.stderr, failed.stderr[-2000:]
+        after = hashlib.sha256((root / "data/comparisons/ranked_sets.parquet").read_bytes()).hexdigest()
+        assert after == before  # nothing was written
+        # a good file: a set of its own, and ann's ranks of a set the SFT model sampled (the run is
+        # seeded, so it samples the same responses again and her ranks attach to them)
+        lines = [json.loads(line) for line in (root / "data/comparisons/sampled.jsonl").read_text().splitlines()]
+        sampled = next(s for s in lines if len(set(s["rankings"].get("programmatic", [0]))) > 1)
+        programmatic = sampled["rankings"]["programmatic"]
+        hers = [max(programmatic) - r for r in programmatic]  # she reverses the rubric's order
+        labels.write_text(json.dumps(good) + "\n" + json.dumps({**sampled, "ranking": hers, "labeler": "ann"}) + "\n")
+        _run([str(BIN / "dvc"), "repro", "comparisons"], root, env)
+        sets = pd.read_parquet(root / "data/comparisons/ranked_sets.parquet")
+        mine = sets[sets["source"] == "labels"]
+        assert mine["labeler"].tolist() == ["ann"] and mine["responses"].map(list).tolist() == [good["responses"]]
+        ranked_by_her = sets[(sets["source"] == "sampled") & (sets["prompt"] == sampled["prompt"])].iloc[0]
+        assert ranked_by_her["labeler"] == "ann" and list(ranked_by_her["ranking"]) == hers
+        metrics = json.loads((root / "metrics/comparisons.json").read_text())
+        assert metrics["labeler_agreement_sets"] == 1 and metrics["labeler_agreement"] == 0.0
+    finally:
+        labels.unlink(missing_ok=True)

@@ -37,9 +37,13 @@ class RewardModel(nn.Module):
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(body.config.n_embd + 1))
         self.register_buffer("score_bias", torch.zeros(()))
 
-    def token_scores(self, input_ids: Tensor) -> Tensor:
-        """The head at every position [B, T], the normalisation bias included."""
-        hidden = self.body.hidden_states(input_ids)
+    def token_scores(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The head at every position [B, T], the normalisation bias included.
+
+        attention_mask: [B, T], 1 for real tokens, for rows padded anywhere (e.g. a left-padded
+        prompt and its response, as PPO's critic reads them); positions count real tokens only.
+        """
+        hidden = self.body.hidden_states(input_ids, attention_mask=attention_mask)
         return self.head(hidden).squeeze(-1).float() + self.score_bias
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:

@@ -79,5 +79,27 @@ def plot_losses(train: pd.DataFrame, val: pd.DataFrame, path: str | Path, title:
     plt.close(fig)
 
 
+def plot_panels(frame: pd.DataFrame, path: str | Path, title: str, panels: Mapping[str, list[str]]) -> None:
+    """One small plot per panel, each drawing its columns of `frame` against `step` (missing ones skipped)."""
+    names = list(panels)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for column in panels[name]:
+            if column in frame:
+                ax.plot(frame["step"], frame[column], label=column, linewidth=1.3)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -1,6 +1,6 @@
 """End to end: a temporary clone of the project runs `fetch -> ingest -> tokenizer -> encode` on a
 slice of the real data pack with `dvc repro`, then as a Prefect flow, and meets a malformed source;
-then `pretrain`, and `sft -> comparisons -> reward`, which meets a malformed labels file.
+then `pretrain`, `sft -> comparisons -> reward` (which meets a malformed labels file) and `ppo`.
 
 The clone is the project's files as they are in this working tree (tracked and untracked, not
 ignored), committed in a fresh git repo, with a small catalogue and params so it runs in seconds.
@@ -66,6 +66,9 @@ def clone(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_pack: 
                                             sampling={"max_new_tokens": 16, "temperature": 1.0, "top_k": 50, "seed": 0})
     params["reward"].update(epochs=None)
     params["reward"]["train"].update(max_steps=4, batch_size=4, warmup_steps=1, log_every=2, eval_every=2, checkpoint_every=2)
+    params["ppo"].update(iterations=2, batch_prompts=4, sampling={"max_new_tokens": 8, "temperature": 1.0, "seed": 0},
+                         eval={"prompts": 4, "sampling": {"max_new_tokens": 8, "temperature": 0.7, "top_k": 50, "seed": 1}})
+    params["ppo"]["ppo"].update(ppo_epochs=2, minibatches=2, ptx_coef=0.5)  # PPO-ptx on, to run that path too
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "INSTRUCTGPT_", "PREFECT_API"))},
@@ -275,3 +278,27 @@ def test_a_malformed_labels_file_fails_comparisons_naming_file_line_and_field(cl
         assert metrics["labeler_agreement_sets"] == 1 and metrics["labeler_agreement"] == 0.0
     finally:
         labels.unlink(missing_ok=True)
+
+
+def test_ppo_trains_the_policy_logs_every_iteration_and_compares_it_with_sft(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    result = _run([str(BIN / "dvc"), "repro", "ppo"], root, env)
+    assert "Running stage 'ppo'" in result.stdout
+    metrics = json.loads((root / "metrics/ppo.json").read_text())
+    assert metrics["iterations"] == 2
+    comparison = metrics["comparison"]
+    for key in ("policy/reward_score", "baseline/reward_score", "policy/labeler_score", "baseline/labeler_score",
+                "policy/kl_to_reference", "win_rate"):
+        assert key in comparison
+    assert 0.0 <= comparison["win_rate"] <= 1.0 and comparison["baseline/kl_to_reference"] == pytest.approx(0.0, abs=1e-4)
+    assert 0.0 < metrics["generation_share"] < 1.0
+    curve = pd.read_csv(root / "metrics/ppo/train.csv")
+    assert curve["step"].tolist() == [1, 2] and "loss/ptx" in curve and "policy/clipfrac" in curve
+    policy = load_model(root / "data/models/policy")
+    assert read_state(root / "data/models/policy")["extra"]["model"] == "policy" and policy.config.n_layer == 2
+
+    runs = _runs(root)
+    run = runs[runs["tags.stage"] == "ppo"].iloc[0]
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(run["run_id"], "objective/kl")] == [1, 2]
+    assert run["metrics.comparison/win_rate"] == pytest.approx(comparison["win_rate"], abs=1e-4)

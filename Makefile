@@ -39,11 +39,14 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## bench: benchmarks that print figures (encode, train step, sampling)
+## bench: benchmarks that print figures (encode, train step, sampling, PPO memory; PPO against TRL with the bench-trl extra)
 bench: setup
 	$(BIN)/python benchmarks/encode.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/sample.py
+	$(BIN)/python benchmarks/ppo_memory.py
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench-trl]'
+	$(BIN)/python benchmarks/ppo_vs_trl.py
 
 ## flow: run the pipeline once as a Prefect flow (a local server is started on demand)
 flow: setup

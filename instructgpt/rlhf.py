@@ -17,14 +17,17 @@ column: the state before y_t. The math is `instructgpt.ppo`.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from instructgpt import hardware, ppo
+from instructgpt import atomic, checkpoint, hardware, ppo
 from instructgpt.generate import SamplingConfig, generate
 
 Scorer = Callable[["Rollout"], Tensor]  # a rollout's scores [B], one per response
@@ -198,6 +201,33 @@ class PPOTrainer:
         self.ptx_batches = ptx_batches
         self.iteration = 0
 
+    def save(self, path: str | Path) -> Path:
+        """Everything the next iteration depends on, as one directory written atomically: `actor/`
+        and `critic/` (weights and optimizer state, `instructgpt.checkpoint`) and `state.json`
+        (iterations done, β, the sampling and shuffling generators): a step directory that
+        `checkpoint.latest_checkpoint` finds and `prune_checkpoints` prunes. The frozen models are inputs."""
+        path = Path(path)
+        with atomic.atomic_dir(path) as tmp:
+            checkpoint.save_checkpoint(tmp / "actor", self.actor, self.actor_optimizer, step=self.iteration)
+            checkpoint.save_checkpoint(tmp / "critic", self.critic, self.critic_optimizer, step=self.iteration)
+            state = {"iteration": self.iteration, "kl_coef": self.kl.value,
+                     "generator": _state_b64(self.generator), "shuffle": _state_b64(self.shuffle)}
+            (tmp / checkpoint.STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Continue from a directory `save` wrote: the next `step` is the one that run would have taken."""
+        path = Path(path)
+        checkpoint.load_checkpoint(path / "actor", self.actor, self.actor_optimizer, restore_rng=False)
+        checkpoint.load_checkpoint(path / "critic", self.critic, self.critic_optimizer, restore_rng=False)
+        try:
+            state = json.loads((path / checkpoint.STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise checkpoint.CheckpointError(f"cannot read the PPO trainer state: {err}", file=path / checkpoint.STATE_FILE) from err
+        self.iteration, self.kl.value = int(state["iteration"]), float(state["kl_coef"])
+        self.generator.set_state(_state_from_b64(state["generator"]))
+        self.shuffle.set_state(_state_from_b64(state["shuffle"]))
+
     def step(self, prompts: Sequence[Sequence[int]]) -> dict[str, float]:
         started = time.perf_counter()
         experience = self.make_experience(prompts)
@@ -298,3 +328,11 @@ class PPOTrainer:
         if ptx_loss is not None:
             stats["loss/ptx"] = float(ptx_loss.detach())
         return stats
+
+
+def _state_b64(generator: torch.Generator) -> str:
+    return base64.b64encode(generator.get_state().numpy().tobytes()).decode("ascii")
+
+
+def _state_from_b64(text: str) -> Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)

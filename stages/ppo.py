@@ -6,7 +6,9 @@ end; the critic, a value per token, starts from the reward model (`critic_init: 
 SFT with a fresh head (`sft`). Each iteration takes `batch_prompts` prompts of phase `ppo` from the
 `prompts` table (an epoch permutation), samples one response each with the KV-cache sampler, and
 makes `ppo.ppo_epochs` passes over them (`instructgpt.rlhf`, `instructgpt.ppo`). Optional PPO-ptx
-mixes in the pretraining LM loss on windows of `data/shards` (`ppo.ptx_coef`).
+mixes in the pretraining LM loss on windows of `data/shards` (`ppo.ptx_coef`). Every
+`checkpoint_every` iterations the trainer's state is saved under `.runs/ppo/<run key>/checkpoints/`;
+a killed run started again continues from the newest, exactly (`PPOTrainer.save`/`load`).
 
 After training, the policy and the SFT model answer the held-out prompts of phase `eval` (which
 have reference demonstrations) with the same sampling: mean reward-model score, mean programmatic
@@ -89,6 +91,8 @@ class PpoParams:
     critic_init: str = "reward"  # reward | sft
     ptx_batch_size: int = 4  # pretraining windows per minibatch when ppo.ptx_coef > 0
     eval: EvalParams = field(default_factory=EvalParams)
+    checkpoint_every: int = 10  # iterations (and the last); a killed run resumes from the newest; 0: none
+    keep_checkpoints: int = 2
     device: str = "auto"
     seed: int = 0
 
@@ -123,17 +127,26 @@ def main(ctx: StageContext) -> dict[str, Any]:
     sampler = EpochSampler(len(prompts), params.batch_prompts, 1, params.seed)
     run = training.run_dir(ctx, params, [sft_dir, reward_dir, ctx.path(PROMPTS)])
     log = curves.CurveLog(run / "curve.jsonl")
-    log.path.unlink(missing_ok=True)  # PPO does not resume mid-run: a new invocation starts the log afresh
+    checkpoints = run / "checkpoints"
+    latest = checkpoint.latest_checkpoint(checkpoints)
+    if latest is not None:  # a killed run started again: continue where its last checkpoint left off
+        trainer.load(latest)
+        print(f"  resuming after iteration {trainer.iteration} from {latest}")
+    else:
+        log.path.unlink(missing_ok=True)
     ctx.tracker.log_params({"model": actor.config.to_dict(), "prompts.ppo": len(prompts), "run_dir": str(run)})
     print(f"  PPO on {len(prompts):,} prompts of phase ppo ({too_long} longer than {params.max_prompt_tokens} tokens left out): {params.iterations} iterations of {params.batch_prompts} "
           f"({sampler.epochs(params.iterations):.2f} epochs), critic from {params.critic_init}, on {device}")
 
     started = time.perf_counter()
-    for iteration in range(1, params.iterations + 1):
+    for iteration in range(trainer.iteration + 1, params.iterations + 1):
         batch = [prompts[i] for i in sampler.indices(iteration - 1)]
         metrics = trainer.step(batch)
         log.append("train", iteration, metrics)
         ctx.tracker.log_metrics(curves.finite(metrics), step=iteration)
+        if params.checkpoint_every and (iteration % params.checkpoint_every == 0 or iteration == params.iterations):
+            trainer.save(checkpoint.step_dir(checkpoints, iteration))
+            checkpoint.prune_checkpoints(checkpoints, params.keep_checkpoints)
         print(f"  iteration {iteration:3d}: score {metrics['objective/scores']:+.3f}  kl {metrics['objective/kl']:.3f}  "
               f"entropy {metrics['objective/entropy']:.2f}  clipfrac {metrics['policy/clipfrac']:.3f}  "
               f"length {metrics['response/length_mean']:.1f}  eos {metrics['response/eos_rate']:.2f}", flush=True)

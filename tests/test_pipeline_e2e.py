@@ -302,3 +302,9 @@ def test_ppo_trains_the_policy_logs_every_iteration_and_compares_it_with_sft(clo
     client = mlflow.tracking.MlflowClient(f"sqlite:///{root}/mlflow.db")
     assert [m.step for m in client.get_metric_history(run["run_id"], "objective/kl")] == [1, 2]
     assert run["metrics.comparison/win_rate"] == pytest.approx(comparison["win_rate"], abs=1e-4)
+
+    # started again on the same params and data, the stage finds its last checkpoint and trains no further
+    again = _run([str(BIN / "python"), "-m", "stages.ppo"], root, env)
+    assert "resuming after iteration 2" in again.stdout and "iteration   1:" not in again.stdout
+    rerun = json.loads((root / "metrics/ppo.json").read_text())
+    assert rerun["comparison"] == comparison and rerun["train"] == metrics["train"]

@@ -31,17 +31,23 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
-from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import StageNode, find_repo_root, stage_graph
-from instructgpt import tracking
-from instructgpt.config import from_params
-from instructgpt.errors import ConfigError
+# Without PREFECT_API_URL a run starts a temporary Prefect server; with a fresh PREFECT_HOME it
+# creates and migrates its database first, which takes longer than Prefect's 20 s default on a busy
+# 2-core machine (seen in CI). Set before prefect is imported, so its settings see it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from flows.dag import StageNode, find_repo_root, stage_graph  # noqa: E402
+from instructgpt import tracking  # noqa: E402
+from instructgpt.config import from_params  # noqa: E402
+from instructgpt.errors import ConfigError  # noqa: E402
 
 ARTIFACT_KEY = "pipeline-metrics"
 TAIL_LINES = 30  # lines of a failed stage's output quoted in the error

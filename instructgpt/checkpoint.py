@@ -154,17 +154,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
 
     `overrides` change fields that leave the weights' shapes alone, e.g. `dropout=0.2` for SFT.
     """
+    model = GPT(model_config(path, **overrides))
+    load_checkpoint(path, model, restore_rng=False, config_changes=overrides)
+    return model.to(device)
+
+
+def model_config(path: str | Path, **overrides: Any) -> GPTConfig:
+    """The GPT config a checkpoint records, with `overrides` applied (every model built on a GPT body)."""
     path = Path(path)
     state = read_state(path)
     if state.get("config") is None:
         raise CheckpointError("records no model config, so the GPT cannot be rebuilt", file=path / STATE_FILE)
     try:
-        config = GPTConfig(**{**state["config"], **overrides})
+        return GPTConfig(**{**state["config"], **overrides})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"the model config is not a GPT config: {err}", file=path / STATE_FILE) from err
-    model = GPT(config)
-    load_checkpoint(path, model, restore_rng=False, config_changes=overrides)
-    return model.to(device)
 
 
 def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:

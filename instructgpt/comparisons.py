@@ -23,8 +23,9 @@ import pandas as pd
 
 from instructgpt.corpus import split_by_hash
 from instructgpt.labelers import FileLabeler, Labeler, LabelRecord, agreement, ordered_pairs
+from instructgpt.schemas import RankedSets
 
-COLUMNS = ["prompt", "responses", "ranking", "labeler", "source", "split"]
+COLUMNS = list(RankedSets.to_schema().columns)  # prompt, responses, ranking, source, split, labeler
 SAMPLED, LABELS, IMPORTED = "sampled", "labels", "imported"
 _SALT_SUFFIX = "/reward-split"
 

@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from instructgpt import ppo
 from instructgpt.answers import Answer, answer
 from instructgpt.batches import IGNORE, pad_right
 from instructgpt.chat import ChatTemplate
@@ -62,8 +62,7 @@ def response_logprob_sums(model: nn.Module, answers: Answers, pad_id: int, tempe
         for k, i in enumerate(rows):
             seq, p = answers.sequences[i], answers.prompt_lengths[i]
             targets[k, p - 1 : len(seq) - 1] = torch.as_tensor(seq[p:], device=device)
-        logits = model(ids).logits.float() / (temperature if temperature > 0 else 1.0)
-        logp = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+        logp = ppo.token_logprobs(model(ids).logits, targets.clamp(min=0), temperature)
         sums[start : start + len(rows)] = (logp * (targets != IGNORE)).sum(dim=1).cpu().numpy()
     return sums
 
@@ -90,8 +89,11 @@ def compare(
         answers = answers_of(model, template, prompts, sampling, batch_rows)
         texts[name] = answers.texts
         scores = score_sequences(reward_model, answers.sequences, pad_id, batch_rows)
-        kl = (response_logprob_sums(model, answers, pad_id, sampling.temperature)
-              - response_logprob_sums(reference, answers, pad_id, sampling.temperature))
+        if model is reference:  # its own samples are at KL 0 from it: no need for two identical forwards
+            kl = np.zeros(len(answers.sequences))
+        else:
+            kl = (response_logprob_sums(model, answers, pad_id, sampling.temperature)
+                  - response_logprob_sums(reference, answers, pad_id, sampling.temperature))
         rubric = [labeler.score(ref, text) for ref, text in zip(references, answers.texts)]
         out.update({
             f"{name}/reward_score": float(np.mean(scores)),

@@ -62,20 +62,12 @@ class RewardModel(nn.Module):
         return 6 * body + 12 * c.n_layer * c.n_embd * t
 
 
-def from_language_model(model: GPT) -> RewardModel:
-    """The reward model that starts from a trained language model (InstructGPT: the SFT model)."""
-    return RewardModel(model)
-
-
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> RewardModel:
     """The reward model of a checkpoint directory, its normalisation bias included."""
     path = Path(path)
-    state = checkpoint.read_state(path)
-    if state.get("config") is None:
-        raise checkpoint.CheckpointError("records no model config", file=path / checkpoint.STATE_FILE)
-    if state.get("extra", {}).get("model") != "reward":
+    if checkpoint.read_state(path).get("extra", {}).get("model") != "reward":
         raise checkpoint.CheckpointError("is not a reward model checkpoint (extra.model != 'reward')",
                                          file=path / checkpoint.STATE_FILE)
-    model = RewardModel(GPT(GPTConfig(**{**state["config"], **overrides})))
+    model = RewardModel(GPT(checkpoint.model_config(path, **overrides)))
     checkpoint.load_checkpoint(path, model, restore_rng=False, config_changes=overrides)
     return model.to(device)

@@ -145,14 +145,27 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
 
 def entropy(logits: Tensor) -> Tensor:
     """Entropy of each position's distribution [B, T] (nats)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    return entropy_of(F.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_of(log_distribution: Tensor) -> Tensor:
+    """Entropy [B, T] of log-probabilities over the vocabulary [B, T, V]."""
+    return -(log_distribution.exp() * log_distribution).sum(dim=-1)
+
+
+def log_distribution(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / temperature) [B, T, V]: the distribution a token was sampled from."""
+    return F.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
     """log p(token) under logits / temperature [B, T] (logits [B, T, V] aligned with tokens)."""
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-    return torch.gather(F.log_softmax(scaled, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+    return pick(log_distribution(logits, temperature), tokens)
+
+
+def pick(log_distribution: Tensor, tokens: Tensor) -> Tensor:
+    """The log-probabilities [B, T] of `tokens` [B, T] in a log distribution [B, T, V]."""
+    return torch.gather(log_distribution, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass

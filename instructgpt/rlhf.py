@@ -110,13 +110,12 @@ def policy_logprobs(model: nn.Module, rollout: Rollout, temperature: float, rows
     # the unembedding only where a response token is predicted: a third of the logits' cost saved
     # for 16-token prompts and 32-token responses
     logits = model.lm_head(per_token(hidden, rollout.prompt_width))
-    responses = ids[:, rollout.prompt_width :]
-    logprobs = ppo.token_logprobs(logits, responses, temperature)
+    log_distribution = ppo.log_distribution(logits, temperature)  # once, for the log-probs and the entropy
+    logprobs = ppo.pick(log_distribution, ids[:, rollout.prompt_width :])
     if not with_entropy:
         return logprobs, None
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        return logprobs, ppo.entropy(scaled if entropy_grad else scaled.detach())
+        return logprobs, ppo.entropy_of(log_distribution if entropy_grad else log_distribution.detach())
 
 
 def critic_values(critic: nn.Module, rollout: Rollout, rows: Tensor | None = None) -> Tensor:

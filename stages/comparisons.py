@@ -35,7 +35,7 @@ import pandas as pd
 from instructgpt import atomic, checkpoint, hardware, schemas
 from instructgpt.answers import answer
 from instructgpt.chat import ChatTemplate
-from instructgpt.comparisons import SAMPLED, imported_sets, label_file_sets, pair_count, rank_sampled
+from instructgpt.comparisons import COLUMNS, SAMPLED, imported_sets, label_file_sets, pair_count, rank_sampled
 from instructgpt.config import from_params
 from instructgpt.errors import DataError
 from instructgpt.generate import SamplingConfig
@@ -116,27 +116,23 @@ def main(ctx: StageContext) -> dict[str, Any]:
     used: set[tuple[str, tuple[str, ...]]] = set()
     if params.sampled.enabled:
         sampled, sampled_report = _sample_and_rank(ctx, params, records)
-        tables.append(pd.DataFrame(sampled.rows, columns=_columns()))
+        tables.append(pd.DataFrame(sampled.rows, columns=COLUMNS))
         rejects += [{"source": SAMPLED, "file": str(SAMPLED_FILE), "line": None, "field": "responses", "kind": "filtered",
                      "reason": d["reason"], "record": d["prompt"][:500]} for d in sampled.dropped]
         used = {(r["prompt"], tuple(sorted(r["responses"]))) for r in sampled.rows}
         report.update(sampled_report)
     if "file" in params.labelers:
-        tables.append(pd.DataFrame(label_file_sets(records, used, params.val_fraction, params.salt), columns=_columns()))
+        tables.append(pd.DataFrame(label_file_sets(records, used, params.val_fraction, params.salt), columns=COLUMNS))
 
     table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else schemas.empty(schemas.RankedSets)
     if table.empty:
         raise DataError("no ranked sets: enable comparisons.imported or comparisons.sampled, or add labels files",
                         file=ctx.where())
-    table = schemas.validate(table[_columns()], schemas.RankedSets, str(RANKED_SETS))
+    table = schemas.validate(table[COLUMNS], schemas.RankedSets, str(RANKED_SETS))
     _write_parquet(ctx.path(RANKED_SETS), table)
     _write_parquet(ctx.path(REJECTS), schemas.validate(schemas.rejects_table(rejects), schemas.Rejects, str(REJECTS)))
     ctx.tracker.log_artifact(ctx.path(REJECTS), "comparisons")
     return {**_table_report(table), **report}
-
-
-def _columns() -> list[str]:
-    return list(schemas.RankedSets.to_schema().columns)
 
 
 def _labels(ctx: StageContext, params: ComparisonsParams) -> tuple[list, list[BadLabel], int, int]:

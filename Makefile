@@ -27,9 +27,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $@
 
-## run: the whole pipeline on the default params (skips what has not changed)
+## run: the whole pipeline on the default params (skips what has not changed); evaluate_icl again
+## when the SFT or PPO model it scores changed (DVC tracks only its base-model input)
 run: setup
 	$(BIN)/dvc repro
+	@if $(BIN)/python -m stages.evaluate_icl --stale; then $(BIN)/dvc repro -f -s evaluate_icl; fi
 
 ## test: the test suite (unit, stage, end-to-end)
 test: setup

@@ -99,6 +99,37 @@ class EpochSampler:
         return self._permutations[epoch]
 
 
+class LengthGroupedSampler(EpochSampler):
+    """An `EpochSampler` whose batches hold examples of similar length: less padding, same epochs.
+
+    Each epoch's permutation is cut into windows of `window` batches; a window is sorted by length,
+    cut into batches, and the batches put back in a seeded random order. Every example is still seen
+    once per epoch, and a batch is still a pure function of (seed, step, micro, rank, world), so a
+    run resumes exactly; what changes is that a batch's rows pad to a similar width, not to the
+    longest of a random draw (a 2-3x saving on short-sentence tasks with a long tail).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int, window: int = 32) -> None:
+        super().__init__(len(lengths), batch_size, grad_accum, seed)
+        self.lengths = np.asarray(lengths)
+        self.window = window
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch in self._permutations:
+            return self._permutations[epoch]
+        order = super()._permutation(epoch)
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        span = self.batch_size * self.window
+        grouped = []
+        for start in range(0, self.n, span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            grouped += [batches[i] for i in rng.permutation(len(batches))]
+        self._permutations[epoch] = np.concatenate(grouped)
+        return self._permutations[epoch]
+
+
 def pad_right(rows: Sequence[Sequence[int]], pad: int) -> np.ndarray:
     """int64 [len(rows), longest]: each row from the left, `pad` after it."""
     width = max(len(r) for r in rows)

@@ -139,6 +139,13 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """String tags on the run (values truncated to MLflow's limit)."""
 
+    @contextmanager
+    def child(self, name: str, params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, Any] | None = None) -> Iterator["Tracker"]:
+        """A nested run under this one (e.g. one per task of a stage that runs several), ending
+        FINISHED, or FAILED when the body raises."""
+        yield NullTracker()
+
 
 class NullTracker(Tracker):
     """Tracking switched off: every call is accepted and forgotten."""
@@ -190,6 +197,22 @@ class MlflowTracker(Tracker):
         batch = [RunTag(key, value) for key, value in _clip_tags(tags).items()]
         for start in range(0, len(batch), _PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=batch[start : start + _PARAMS_PER_BATCH])
+
+    @contextmanager
+    def child(self, name: str, params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, Any] | None = None) -> Iterator[Tracker]:
+        parent = self.client.get_run(self.run_id)
+        inherited = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
+        run_tags = {**inherited, **(tags or {}), "mlflow.parentRunId": self.run_id}
+        run = self.client.create_run(parent.info.experiment_id, run_name=name, tags=_clip_tags(run_tags))
+        tracker = MlflowTracker(self.client, run.info.run_id)
+        status = "FAILED"
+        try:
+            tracker.log_params(params or {})
+            yield tracker
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(run.info.run_id, status)
 
 
 def flatten_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -142,6 +142,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last logged metrics
     eval: dict[str, float] = field(default_factory=dict)  # the last evaluation
     seconds: float = 0.0  # wall time of this invocation
+    train_seconds: float = 0.0  # wall time of the training the final checkpoint holds, over every invocation
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -244,9 +245,13 @@ class _Loop:
         self.model = model.to(self.device).train()  # the bare module: what checkpoints hold
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.step, self.tokens, self.loss = 0, 0, None
+        self.seconds_before = 0.0  # training time already in the checkpoint this invocation resumed from
+        self.saved_seconds = 0.0  # training time the newest checkpoint holds
+        self.started = time.perf_counter()
         self.metrics: dict[str, float] = {}
         self.eval: dict[str, float] = {}
         self.saved: Path | None = None
+        self.ran = False  # whether this invocation took a step
         self.resume()
         compiled = torch.compile(self.model) if config.compile else self.model
         self.eval_model = compiled  # evaluation runs on each rank's copy, outside DDP
@@ -267,13 +272,14 @@ class _Loop:
         self.step = restored.step
         self.tokens = int(restored.data.get("tokens", 0))
         self.loss = restored.data.get("loss")
+        self.seconds_before = self.saved_seconds = float(restored.data.get("train_seconds", 0.0))
         self.metrics = restored.extra.get("metrics", {})
         self.eval = restored.extra.get("eval", {})
         self.saved = path
         self.dist.print(f"resumed from {path} at step {self.step}")
 
     def run(self, on_log: LogCallback, on_eval: LogCallback) -> TrainResult:
-        started = time.perf_counter()
+        started = self.started = time.perf_counter()
         config = self.config
         bar = self.dist.progress(total=config.max_steps, initial=self.step, desc="train", unit="step")
         window = _Window(time.perf_counter())
@@ -281,6 +287,7 @@ class _Loop:
             while self.step < config.max_steps:
                 loss, grad_norm, tokens = self.train_step()
                 self.step += 1
+                self.ran = True
                 window.add(loss, tokens)
                 bar.update(1)
                 last = self.step == config.max_steps
@@ -295,7 +302,12 @@ class _Loop:
                     self.save()
         finally:
             bar.close()
-        return TrainResult(self.step, self.loss, self.tokens, self.saved, self.metrics, self.eval, time.perf_counter() - started)
+        return TrainResult(self.step, self.loss, self.tokens, self.saved, self.metrics, self.eval,
+                           time.perf_counter() - started, self.saved_seconds)
+
+    def train_seconds(self) -> float:
+        # a read-back of a finished run adds nothing: its steps were timed when they ran
+        return self.seconds_before + (time.perf_counter() - self.started if self.ran else 0.0)
 
     def train_step(self) -> tuple[float, float, int]:
         """One optimizer update over grad_accum micro batches: (loss, grad norm, tokens of all processes)."""
@@ -365,7 +377,8 @@ class _Loop:
     def save(self) -> None:
         path = checkpoint.step_dir(self.dir, self.step)
         extra = {**self.extra_state, "train": asdict(self.config), "metrics": self.metrics, "eval": self.eval}
-        data = {"step": self.step, "tokens": self.tokens, "loss": self.loss}
+        self.saved_seconds = round(self.train_seconds(), 3)
+        data = {"step": self.step, "tokens": self.tokens, "loss": self.loss, "train_seconds": self.saved_seconds}
         if self.dist.is_main:
             checkpoint.save_checkpoint(path, self.model, self.optimizer, step=self.step, data=data, extra=extra)
             checkpoint.prune_checkpoints(self.dir, self.config.keep_checkpoints)

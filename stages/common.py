@@ -65,6 +65,12 @@ def read_table(path: Path, what: str, stage: str) -> pd.DataFrame:
         raise DataError(f"cannot read the {what} ({err}); run `dvc repro {stage}`", file=path) from err
 
 
+def write_table(path: Path, table: pd.DataFrame) -> None:
+    """A table as parquet, atomically: a crash leaves the previous file or none, never half of one."""
+    with atomic.atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
 def select_sources(ctx: StageContext, table: pd.DataFrame, sources: list[str], key: str, what: str) -> pd.DataFrame:
     """The rows of `table` from `sources` (all when empty); a source it lacks is a config error at `key`."""
     if not sources:

@@ -41,7 +41,7 @@ from instructgpt.errors import DataError
 from instructgpt.generate import SamplingConfig
 from instructgpt.labelers import BadLabel, FileLabeler, Labeler, ProgrammaticLabeler, RubricWeights, read_label_files, words
 from instructgpt.tokenizer import load_tokenizer
-from stages.common import StageContext, read_table, run_stage, select_sources
+from stages.common import StageContext, read_table, run_stage, select_sources, write_table
 from stages.sft import DEMONSTRATIONS, SFT_MODEL
 
 RANKINGS = Path("data/prepared/rankings.parquet")
@@ -129,8 +129,8 @@ def main(ctx: StageContext) -> dict[str, Any]:
         raise DataError("no ranked sets: enable comparisons.imported or comparisons.sampled, or add labels files",
                         file=ctx.where())
     table = schemas.validate(table[COLUMNS], schemas.RankedSets, str(RANKED_SETS))
-    _write_parquet(ctx.path(RANKED_SETS), table)
-    _write_parquet(ctx.path(REJECTS), schemas.validate(schemas.rejects_table(rejects), schemas.Rejects, str(REJECTS)))
+    write_table(ctx.path(RANKED_SETS), table)
+    write_table(ctx.path(REJECTS), schemas.validate(schemas.rejects_table(rejects), schemas.Rejects, str(REJECTS)))
     ctx.tracker.log_artifact(ctx.path(REJECTS), "comparisons")
     return {**_table_report(table), **report}
 
@@ -255,11 +255,6 @@ def _table_report(table: pd.DataFrame) -> dict[str, Any]:
         "sets_with_ties": sum(s["sets_with_ties"] for s in per_source.values()),
         "per_source": per_source,
     }
-
-
-def _write_parquet(path: Path, table: pd.DataFrame) -> None:
-    with atomic.atomic_path(path) as tmp:
-        table.to_parquet(tmp, index=False)
 
 
 if __name__ == "__main__":

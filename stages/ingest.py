@@ -16,12 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from instructgpt import atomic
 from instructgpt.config import from_params
 from instructgpt.errors import DataError
 from instructgpt.ingest import IngestConfig, SourceInput, ingest
 from instructgpt.sources import load_catalogue
-from stages.common import StageContext, run_stage
+from stages.common import StageContext, run_stage, write_table
 from stages.fetch import MANIFEST, RAW
 
 PREPARED = Path("data/prepared")
@@ -47,8 +46,7 @@ def main(ctx: StageContext) -> dict[str, Any]:
 
     result = ingest(inputs, config)
     for name, table in result.tables.items():
-        with atomic.atomic_path(ctx.path(PREPARED / f"{name}.parquet")) as tmp:
-            table.to_parquet(tmp, index=False)
+        write_table(ctx.path(PREPARED / f"{name}.parquet"), table)
     for name, table in result.tables.items():
         print(f"  {name:<15} {len(table):>8,} rows")
     rejects = result.tables["rejects"]

@@ -33,11 +33,21 @@ from stages.common import StageContext
 def run_dir(ctx: StageContext, params: Any, inputs: Iterable[Path]) -> Path:
     """`.runs/<stage>/<hash of params and the inputs' contents>` (a directory's files, sorted)."""
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
+    _add_files(digest, inputs)
+    return ctx.path(Path(".runs") / ctx.name / digest.hexdigest()[:16])
+
+
+def files_digest(inputs: Iterable[Path]) -> str:
+    """sha256 over the contents of files and of directories' files (sorted by path)."""
+    return _add_files(hashlib.sha256(), inputs).hexdigest()
+
+
+def _add_files(digest: Any, inputs: Iterable[Path]) -> Any:
     for path in inputs:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             digest.update(sha256_file(file).encode())
-    return ctx.path(Path(".runs") / ctx.name / digest.hexdigest()[:16])
+    return digest
 
 
 def load_language_model(path: Path, overrides: dict[str, Any], where: str) -> nn.Module:

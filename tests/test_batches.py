@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instructgpt.batches import IGNORE, TokenBatches, val_windows
+from instructgpt.batches import IGNORE, EpochSampler, LengthGroupedSampler, TokenBatches, val_windows
 from instructgpt.shards import read_index, read_shard
 
 
@@ -109,3 +109,17 @@ def test_pad_right_keeps_rows_at_the_left() -> None:
     from instructgpt.batches import pad_right
 
     assert pad_right([[1, 2, 3], [4]], pad=0).tolist() == [[1, 2, 3], [4, 0, 0]]
+
+
+def test_length_grouped_sampler_sees_every_example_once_per_epoch_in_batches_of_similar_length() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=320)
+    sampler = LengthGroupedSampler(lengths, batch_size=8, grad_accum=1, seed=3, window=10)
+    epoch = np.concatenate([sampler.indices(step) for step in range(40)])
+    assert sorted(epoch.tolist()) == list(range(320))
+    grouped_width = np.mean([lengths[sampler.indices(s)].max() for s in range(40)])
+    plain = EpochSampler(320, 8, 1, seed=3)
+    random_width = np.mean([lengths[plain.indices(s)].max() for s in range(40)])
+    assert grouped_width < 0.7 * random_width  # far less padding
+    again = LengthGroupedSampler(lengths, batch_size=8, grad_accum=1, seed=3, window=10)
+    assert all((again.indices(s) == sampler.indices(s)).all() for s in (0, 17, 39, 45))  # a pure function of the step

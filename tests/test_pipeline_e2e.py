@@ -1,6 +1,7 @@
 """End to end: a temporary clone of the project runs `fetch -> ingest -> tokenizer -> encode` on a
 slice of the real data pack with `dvc repro`, then as a Prefect flow, and meets a malformed source;
-then `pretrain`, `sft -> comparisons -> reward` (which meets a malformed labels file) and `ppo`.
+then `pretrain`, `sft -> comparisons -> reward` (which meets a malformed labels file) and `ppo`; last
+`finetune_tasks` and `evaluate_icl` with a user-defined task registered in the catalogue.
 
 The clone is the project's files as they are in this working tree (tracked and untracked, not
 ignored), committed in a fresh git repo, with a small catalogue and params so it runs in seconds.
@@ -69,6 +70,10 @@ def clone(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_pack: 
     params["ppo"].update(iterations=2, batch_prompts=4, sampling={"max_new_tokens": 8, "temperature": 1.0, "seed": 0},
                          eval={"prompts": 4, "sampling": {"max_new_tokens": 8, "temperature": 0.7, "top_k": 50, "seed": 1}})
     params["ppo"]["ppo"].update(ppo_epochs=2, minibatches=2, ptx_coef=0.5)  # PPO-ptx on, to run that path too
+    params["finetune_tasks"].update(max_train_examples=24, max_eval_examples=12, epochs=1, max_len=48)
+    params["finetune_tasks"]["train"].update(batch_size=8, warmup_steps=1, log_every=1)
+    params["evaluate_icl"].update(shots=[0, 1], max_examples=6, pool_examples=20,
+                                  arithmetic={"problems": 3, "exemplars": 1, "max_new_tokens": 6})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "INSTRUCTGPT_", "PREFECT_API"))},
@@ -308,3 +313,55 @@ def test_ppo_trains_the_policy_logs_every_iteration_and_compares_it_with_sft(clo
     assert "resuming after iteration 2" in again.stdout and "iteration   1:" not in again.stdout
     rerun = json.loads((root / "metrics/ppo.json").read_text())
     assert rerun["comparison"] == comparison and rerun["train"] == metrics["train"]
+
+
+def test_task_fine_tuning_and_icl_cover_every_task_a_user_defined_one_included(clone: tuple[Path, dict[str, str]]) -> None:
+    root, env = clone
+    _run([str(BIN / "dvc"), "repro", "ppo"], root, env)  # the SFT and PPO models are scored too (done already in a full run)
+    # a person's own task: a source of kind `tasks` in the catalogue, no split, no code change
+    words = ["good", "great", "fine", "bad", "awful", "poor"]
+    lines = [json.dumps({"text": f"the {words[i % 6]} film number {i}", "label": int(i % 6 < 3)}) for i in range(90)]
+    user_file = root.parent / "toy_sentiment.jsonl"
+    user_file.write_text("\n".join(lines) + "\n")
+    catalogue = yaml.safe_load((root / "data/sources.yaml").read_text())
+    catalogue.append({"name": "toy_sentiment", "kind": "tasks", "format": "classification_jsonl", "path": str(user_file),
+                      "sha256": sha256_file(user_file), "license": "test data", "description": "a user's task"})
+    (root / "data/sources.yaml").write_text(yaml.safe_dump(catalogue, sort_keys=False))
+
+    result = _run([str(BIN / "dvc"), "repro", "finetune_tasks", "evaluate_icl"], root, env)
+    for stage in ("cloze", "finetune_tasks", "evaluate_icl"):
+        assert f"Running stage '{stage}'" in result.stdout
+    cloze = pd.read_parquet(root / "data/prepared/book_cloze.parquet")
+    schemas.validate(cloze, schemas.Tasks, "book_cloze")
+
+    tasks = json.loads((root / "metrics/finetune_tasks.json").read_text())["tasks"]
+    assert {"sts", "toy_sentiment"} <= set(tasks)
+    toy = tasks["toy_sentiment"]
+    assert toy["task_type"] == "classification" and toy["train_examples"] == 24 and toy["chance"] == 0.5
+    assert set(toy["variants"]) == {"gpt1", "no_aux_lm", "no_pretraining"}
+    assert all(0.0 <= v["accuracy"] <= 1.0 and "f1" in v for v in toy["variants"].values())
+    assert tasks["sts"]["regression"] and "pearson" in tasks["sts"]["variants"]["gpt1"]
+    table = (root / "metrics/finetune_tasks/table.md").read_text()
+    assert "| toy_sentiment |" in table and "| sts |" in table
+
+    runs = _runs(root)
+    stage_run = runs[(runs["tags.stage"] == "finetune_tasks") & runs["tags.variant"].isna()].iloc[0]
+    children = runs[runs["tags.task"] == "toy_sentiment"]
+    assert sorted(children["tags.variant"]) == ["gpt1", "no_aux_lm", "no_pretraining"]
+    assert set(children["tags.mlflow.parentRunId"]) == {stage_run["run_id"]}
+    assert (children["metrics.eval/accuracy"].notna()).all()
+
+    # run again: every fine-tuning run is read back from its finished checkpoint, not retrained
+    again = _run([str(BIN / "python"), "-m", "stages.finetune_tasks"], root, env)
+    assert again.stdout.count("resumed from") == 3 * len(tasks)
+    assert json.loads((root / "metrics/finetune_tasks.json").read_text())["tasks"] == tasks
+
+    icl = json.loads((root / "metrics/evaluate_icl.json").read_text())
+    assert set(icl["models"]) == {"base", "sft", "policy"} and icl["skipped_models"] == []
+    assert "sts" in icl["skipped_tasks"]  # scored similarity: no candidate answers
+    rows = pd.DataFrame(icl["rows"])
+    toy_rows = rows[rows["task"] == "toy_sentiment"]
+    assert sorted(zip(toy_rows["model"], toy_rows["k"])) == sorted((m, k) for m in ("base", "sft", "policy") for k in (0, 1))
+    arithmetic = rows[rows["task"] == "arithmetic"]
+    assert set(arithmetic["strategy"]) == {"plain", "cot", "zero_shot_cot", "least_to_most"}
+    assert (rows["accuracy"].between(0, 1)).all() and "| toy_sentiment | 1 | likelihood |" in (root / "metrics/evaluate_icl/table.md").read_text()

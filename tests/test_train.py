@@ -143,6 +143,10 @@ def test_a_stopped_run_resumes_to_the_same_weights(random_shards: Path, tmp_path
     # Started once more, it has nothing left to do and reports the finished run.
     _, again = _run(random_shards, tmp_path / "b")
     assert (again.step, again.loss, again.eval) == (b.step, b.loss, b.eval)
+    # The training time counts both invocations that trained, and the read-back adds none of its own.
+    before_stop = read_state(tmp_path / "b" / "step_000000004")["data"]["train_seconds"]
+    assert 0 < before_stop < b.train_seconds
+    assert again.train_seconds == b.train_seconds == read_state(b.checkpoint)["data"]["train_seconds"]
 
 
 class _Poisoned(Pretraining):

@@ -22,7 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from instructgpt.corpus import split_by_hash
-from instructgpt.labelers import FileLabeler, Labeler, LabelRecord, agreement, ordered_pairs
+from instructgpt.labelers import Labeler, LabelRecord, agreement, ordered_pairs
 from instructgpt.schemas import RankedSets
 
 COLUMNS = list(RankedSets.to_schema().columns)  # prompt, responses, ranking, source, split, labeler
@@ -74,7 +74,7 @@ def rank_sampled(
         for labeler in labelers:
             ranking = labeler.rank(prompt, reference, kept)
             if ranking is not None:
-                ranks[_labeler_id(labeler, prompt, kept)] = list(ranking)
+                ranks[labeler.labeler_of(prompt, kept)] = list(ranking)
         out.judged.append({"prompt": prompt, "reference": reference, "responses": kept, "rankings": ranks})
         _count_agreement(out, list(ranks.values()))
         if not ranks:
@@ -87,13 +87,6 @@ def rank_sampled(
         out.rows.append({"prompt": prompt, "responses": kept, "ranking": ranking, "labeler": labeler,
                          "source": SAMPLED, "split": held_out_split(prompt, val_fraction, salt)})
     return out
-
-
-def _labeler_id(labeler: Labeler, prompt: str, responses: Sequence[str]) -> str:
-    """The programmatic labeler's name, or the id of the person a labels file names."""
-    if isinstance(labeler, FileLabeler):
-        return labeler.labeler_of(prompt, responses) or labeler.name
-    return labeler.name
 
 
 def _count_agreement(out: SampledSets, rankings: list[list[int]]) -> None:

@@ -67,6 +67,14 @@ def response_logprob_sums(model: nn.Module, answers: Answers, pad_id: int, tempe
     return sums
 
 
+@dataclass(frozen=True)
+class HeadToHead:
+    """`compare`'s figures, and the answers they were computed from (per prompt, in order)."""
+
+    figures: dict[str, float]
+    texts: dict[str, list[str]]  # "policy" and "baseline"
+
+
 def compare(
     policy: nn.Module,
     baseline: nn.Module,
@@ -80,7 +88,7 @@ def compare(
     pad_id: int,
     labeler: ProgrammaticLabeler | None = None,
     batch_rows: int = 32,
-) -> dict[str, float]:
+) -> HeadToHead:
     """The head-to-head figures (see the module docstring), keyed `policy/...`, `baseline/...`, `win_rate`."""
     labeler = labeler or ProgrammaticLabeler()
     out: dict[str, float] = {"prompts": float(len(prompts))}
@@ -108,4 +116,4 @@ def compare(
         wins.append(1.0 if ranks[0] < ranks[1] else 0.5 if ranks[0] == ranks[1] else 0.0)
     out["win_rate"] = float(np.mean(wins)) if wins else float("nan")
     out["ties"] = float(sum(w == 0.5 for w in wins))
-    return out
+    return HeadToHead(out, texts)

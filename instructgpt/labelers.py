@@ -53,6 +53,10 @@ class Labeler(Protocol):
 
     def rank(self, prompt: str, reference: str, responses: Sequence[str]) -> list[int] | None: ...
 
+    def labeler_of(self, prompt: str, responses: Sequence[str]) -> str:
+        """Who ranked this set: recorded with every ranking, so agreement is counted per person."""
+        ...
+
 
 def ranks_from_scores(scores: Sequence[float], resolution: float = 1e-3) -> list[int]:
     """Competition ranks, 0 = best: a response's rank is how many responses scored clearly higher."""
@@ -85,6 +89,9 @@ class ProgrammaticLabeler:
 
     def rank(self, prompt: str, reference: str, responses: Sequence[str]) -> list[int]:
         return ranks_from_scores([self.score(reference, r) for r in responses], self.resolution)
+
+    def labeler_of(self, prompt: str, responses: Sequence[str]) -> str:
+        return self.name
 
     def score(self, reference: str, response: str) -> float:
         """The response's rubric score in [0, 1]."""
@@ -179,10 +186,10 @@ class FileLabeler:
             rank_of.setdefault(response, rank)
         return [rank_of[r] for r in responses]
 
-    def labeler_of(self, prompt: str, responses: Sequence[str]) -> str | None:
+    def labeler_of(self, prompt: str, responses: Sequence[str]) -> str:
         """The id of the person (or tool) who ranked this set, as the file says."""
         record = self._index.get(_set_key(prompt, responses))
-        return record.labeler if record else None
+        return record.labeler if record else self.name
 
 
 def _set_key(prompt: str, responses: Sequence[str]) -> tuple[str, tuple[str, ...]]:

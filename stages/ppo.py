@@ -16,8 +16,8 @@ labeler score (the stand-in judge, never the reward model), the policy's win rat
 the labeler, and each one's KL from the reference (`instructgpt.evaluation`).
 
 Writes `data/models/policy/`, `metrics/ppo.json`, `metrics/ppo/train.csv` (per iteration, for `dvc
-plots`), `metrics/ppo/curves.png` and `metrics/ppo/samples.jsonl` (prompt, reference, SFT and policy
-answers).
+plots`), `metrics/ppo/curves.png` and `metrics/ppo/samples.jsonl` (every compared prompt: its reference, the SFT
+and the policy answers that were judged).
 
     python -m stages.ppo        (or: dvc repro ppo)
 """
@@ -35,7 +35,6 @@ import pandas as pd
 import torch
 
 from instructgpt import atomic, checkpoint, curves, hardware, shards
-from instructgpt.answers import answer
 from instructgpt.batches import EpochSampler, TokenBatches
 from instructgpt.chat import ChatTemplate
 from instructgpt.config import from_params
@@ -207,17 +206,15 @@ def _compare_with_sft(ctx: StageContext, params: PpoParams, policy, sft, reward_
         raise DataError("no demonstrations of phase 'eval' to compare the policy with SFT on", file=ctx.path(DEMONSTRATIONS))
     prompts, references = table["prompt"].tolist(), table["response"].tolist()
     print(f"  comparing the policy with SFT on {len(prompts)} held-out prompts")
-    comparison = compare(policy, sft, sft, reward_model, template, prompts, references, params.eval.sampling, pad_id=pad,
-                         labeler=ProgrammaticLabeler())
-    few = min(8, len(prompts))
-    policy_answers = answer(policy, template, prompts[:few], params.eval.sampling)
-    sft_answers = answer(sft, template, prompts[:few], params.eval.sampling)
-    samples = [{"prompt": p, "reference": r, "sft": s[0].text, "policy": a[0].text}
-               for p, r, s, a in zip(prompts, references, sft_answers, policy_answers)]
+    head_to_head = compare(policy, sft, sft, reward_model, template, prompts, references, params.eval.sampling,
+                           pad_id=pad, labeler=ProgrammaticLabeler())
+    answers = head_to_head.texts
+    samples = [{"prompt": p, "reference": r, "sft": s, "policy": a}
+               for p, r, s, a in zip(prompts, references, answers["baseline"], answers["policy"])]
     path = ctx.path("metrics/ppo/samples.jsonl")
     atomic.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples))
     ctx.tracker.log_table(samples, "samples.json")
-    return comparison, samples
+    return head_to_head.figures, samples
 
 
 def _report(frame: pd.DataFrame, comparison: dict[str, float], samples: list[dict], train_seconds: float,

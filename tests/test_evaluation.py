@@ -36,10 +36,13 @@ def test_a_model_against_itself_ties_everywhere_with_zero_kl(tokenizer: Tokenize
     pad = special_token_ids(tokenizer)[SPECIAL.pad]
     sampling = SamplingConfig(max_new_tokens=10, temperature=1.0, seed=3)
     out = compare(model, model, model, reward, ChatTemplate(tokenizer), PROMPTS, REFERENCES, sampling, pad_id=pad)
+    assert out.texts["policy"] == out.texts["baseline"] and len(out.texts["policy"]) == len(PROMPTS)
+    out = out.figures
     assert out["win_rate"] == 0.5 and out["ties"] == 3
     assert out["policy/reward_score"] == out["baseline/reward_score"]
     assert out["policy/kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
-    other = compare(gpt(tokenizer, 5), model, model, reward, ChatTemplate(tokenizer), PROMPTS, REFERENCES, sampling, pad_id=pad)
+    other = compare(gpt(tokenizer, 5), model, model, reward, ChatTemplate(tokenizer), PROMPTS, REFERENCES, sampling,
+                    pad_id=pad).figures
     assert other["policy/kl_to_reference"] != 0.0 and other["baseline/kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
 
 

@@ -297,6 +297,8 @@ def test_ppo_trains_the_policy_logs_every_iteration_and_compares_it_with_sft(clo
         assert key in comparison
     assert 0.0 <= comparison["win_rate"] <= 1.0 and comparison["baseline/kl_to_reference"] == pytest.approx(0.0, abs=1e-4)
     assert 0.0 < metrics["generation_share"] < 1.0
+    samples = [json.loads(line) for line in (root / "metrics/ppo/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == comparison["prompts"] == 4  # every judged answer pair, as the labeler saw it
     curve = pd.read_csv(root / "metrics/ppo/train.csv")
     assert curve["step"].tolist() == [1, 2] and "loss/ptx" in curve and "policy/clipfrac" in curve
     policy = load_model(root / "data/models/policy")

@@ -155,7 +155,10 @@ def entropy_of(log_distribution: Tensor) -> Tensor:
 
 def log_distribution(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """log softmax(logits / temperature) [B, T, V]: the distribution a token was sampled from."""
-    return F.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    logits = logits.float()
+    if temperature > 0 and temperature != 1.0:  # at 1 (PPO's default) a division is a pass over B x T x V for nothing
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:

@@ -278,30 +278,38 @@ class PPOTrainer:
         return out
 
     def update(self, experience: Rollout) -> dict[str, float]:
-        """`ppo_epochs` passes of shuffled minibatches; the mean of every statistic over them."""
+        """`ppo_epochs` passes of shuffled minibatches; the mean of every statistic over the minibatches
+        that computed it. The entropy is the full distribution's, over the vocabulary: without an
+        entropy bonus it is only a statistic, and it is computed in the first pass alone (π_old's, the
+        policy sampled from), which saves three passes over B x T x V per minibatch in the other epochs."""
         c = self.config
         batch = experience.sequences.size(0)
         size = max(1, batch // c.minibatches)
         totals: dict[str, float] = {}
-        count = 0
-        for _ in range(c.ppo_epochs):
+        counts: dict[str, int] = {}
+        for epoch in range(c.ppo_epochs):
             order = torch.randperm(batch, generator=self.shuffle).to(experience.sequences.device)
             for start in range(0, batch, size):
                 rows = order[start : start + size]
-                stats = self._minibatch(experience, rows)
+                stats = self._minibatch(experience, rows, with_entropy=epoch == 0 or c.entropy_coef > 0)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
-                count += 1
-        return {key: value / count for key, value in totals.items()}
+                    counts[key] = counts.get(key, 0) + 1
+        return {key: value / counts[key] for key, value in totals.items()}
 
-    def _minibatch(self, experience: Rollout, rows: Tensor) -> dict[str, float]:
+    def _minibatch(self, experience: Rollout, rows: Tensor, with_entropy: bool) -> dict[str, float]:
         c = self.config
         mask = experience.response_mask[rows]
         logprobs, token_entropy = policy_logprobs(self.actor, experience, self.sampling.temperature, rows,
-                                                  with_entropy=True, entropy_grad=c.entropy_coef > 0)
+                                                  with_entropy=with_entropy, entropy_grad=c.entropy_coef > 0)
         pg_loss, pg_stats = ppo.policy_loss(logprobs, experience.logprobs[rows], experience.advantages[rows], mask, c.clip_ratio)
-        mean_entropy = ppo.masked_mean(token_entropy, mask)
-        actor_loss = pg_loss - c.entropy_coef * mean_entropy if c.entropy_coef > 0 else pg_loss
+        actor_loss = pg_loss
+        entropy_stats = {}
+        if token_entropy is not None:
+            mean_entropy = ppo.masked_mean(token_entropy, mask)
+            entropy_stats["objective/entropy"] = float(mean_entropy.detach())
+            if c.entropy_coef > 0:
+                actor_loss = pg_loss - c.entropy_coef * mean_entropy
         ptx_loss = None
         if c.ptx_coef > 0 and self.ptx_batches is not None:
             inputs, targets = self.ptx_batches(self.iteration)
@@ -320,7 +328,7 @@ class PPOTrainer:
         self.critic_optimizer.step()
 
         stats = {
-            "loss/policy": float(pg_loss.detach()), "loss/value": float(vf_loss.detach()), "objective/entropy": float(mean_entropy.detach()),
+            "loss/policy": float(pg_loss.detach()), "loss/value": float(vf_loss.detach()), **entropy_stats,
             "policy/grad_norm": float(actor_norm), "val/grad_norm": float(critic_norm),
             **{key: float(value) for key, value in {**pg_stats, **vf_stats}.items()},
         }

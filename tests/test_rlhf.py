@@ -1,11 +1,12 @@
 """The PPO loop: a rollout's layout and log-probabilities, frozen models left untouched, the first
-minibatch at ratio 1 with nothing clipped, the reward model scored at the last response token, and
+minibatch at ratio 1 with nothing clipped, the logged entropy that of the policy sampled from, the reward model scored at the last response token, and
 a task with a known optimum (emit a given token) whose reward PPO raises within a few iterations,
 and a trainer saved and loaded that continues exactly as the run that never stopped."""
 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from instructgpt.generate import SamplingConfig
 from instructgpt.heads import RewardModel
 from instructgpt.model import GPT, preset
+from instructgpt.ppo import masked_mean
 from instructgpt.rlhf import PPOConfig, PPOTrainer, Rollout, policy_logprobs, reward_model_scorer, rollout
 
 VOCAB, EOS, PAD, TARGET = 48, 0, 1, 7
@@ -75,12 +77,23 @@ def test_the_first_minibatch_has_ratio_one_and_the_reference_never_changes(singl
     ppo = trainer(PPOConfig(ppo_epochs=1, minibatches=1))
     reference = {k: v.clone() for k, v in ppo.reference.state_dict().items()}
     experience = ppo.make_experience(prompts(16, seed=2))
-    first = ppo._minibatch(experience, torch.arange(16))
+    first = ppo._minibatch(experience, torch.arange(16), with_entropy=True)
     assert first["val/ratio"] == pytest.approx(1.0, abs=1e-5)
     assert first["policy/clipfrac"] == 0.0 and first["policy/approxkl"] == pytest.approx(0.0, abs=1e-8)
     assert all(torch.equal(v, ppo.reference.state_dict()[k]) for k, v in reference.items())
     assert all(not p.requires_grad for p in ppo.reference.parameters())
     assert experience.stats["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the actor still is the reference
+
+
+def test_the_logged_entropy_is_that_of_the_policy_sampled_from(single_thread: None) -> None:
+    ppo = trainer(PPOConfig(ppo_epochs=3, minibatches=1))
+    experience = ppo.make_experience(prompts(16, seed=3))
+    with torch.no_grad():
+        _, entropy = policy_logprobs(ppo.actor, experience, ppo.sampling.temperature, with_entropy=True)
+    before = float(masked_mean(entropy, experience.response_mask))
+    stats = ppo.update(experience)  # three epochs move the actor; only the first one's entropy is π_old's
+    assert stats["objective/entropy"] == pytest.approx(before, rel=1e-6)
+    assert 0 < stats["objective/entropy"] <= math.log(VOCAB)
 
 
 def test_ppo_raises_the_reward_of_a_task_with_a_known_optimum(single_thread: None) -> None:

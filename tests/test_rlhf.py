@@ -1,7 +1,8 @@
 """The PPO loop: a rollout's layout and log-probabilities, frozen models left untouched, the first
 minibatch at ratio 1 with nothing clipped, the logged entropy that of the policy sampled from, the
-reward model scored at the last response token, a task with a known optimum (emit a given token) whose reward PPO raises within a few iterations,
-and a trainer saved and loaded that continues exactly as the run that never stopped."""
+reward model scored at the last response token, a task with a known optimum (emit a given token)
+whose reward PPO raises within a few iterations, and a trainer saved and loaded that continues
+exactly as the run that never stopped."""
 
 from __future__ import annotations
 

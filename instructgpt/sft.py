@@ -3,9 +3,10 @@
 Each demonstration is rendered in the chat template (`instructgpt.chat`): role tokens around the
 prompt's turns, then the response and its end-of-text; only the response tokens are targets
 (InstructGPT's SFT learns to answer, not to write prompts). A micro batch is B examples of an epoch
-permutation (`EpochSampler`), padded on the right to its longest row with the pad token: padding
-sits after every real token, so causal attention never lets a real token see it, and its targets
-are ignored. The loss is the mean cross-entropy over the batch's response tokens.
+permutation grouped by length (`LengthGroupedSampler`: on the data pack's demonstrations, real
+tokens rise from 75% to 98% of a batch's cells), padded on the right to its longest row with the
+pad token: padding sits after every real token, so causal attention never lets a real token see
+it, and its targets are ignored. The loss is the mean cross-entropy over the batch's response tokens.
 
 `evaluate` gives the validation loss on responses, token-weighted, overall and per source
 (`val/loss`, `val/ppl`, `val/<source>/loss`, `val/<source>/ppl`).
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instructgpt.batches import IGNORE, EpochSampler, pad_right
+from instructgpt.batches import IGNORE, LengthGroupedSampler, pad_right
 from instructgpt.chat import ChatTemplate, Rendered
 from instructgpt.pretraining import perplexity
 
@@ -73,7 +74,7 @@ class SupervisedFineTuning:
         if not train:
             raise ValueError("SFT needs at least one training example")
         self.train, self.val, self.pad_id = list(train), list(val), pad_id
-        self.sampler = EpochSampler(len(self.train), batch_size, grad_accum, seed)
+        self.sampler = LengthGroupedSampler([len(e.ids) for e in self.train], batch_size, grad_accum, seed)
         self.eval_batch_size = eval_batch_size or batch_size
         self.seq_len = max(len(e.ids) for e in self.train)  # for the FLOPs estimate
 

@@ -187,7 +187,7 @@ def run_variant(ctx: StageContext, params: FinetuneTasksParams, task: PreparedTa
     """One fine-tuning run, resumed (or read back, when finished) from its run directory."""
     config = training.with_epochs(params.train, params.epochs, len(task.train))
     key_parts = {"task": task.digest(), "variant": dataclasses.asdict(variant), "train": dataclasses.asdict(config),
-                 "head_dropout": params.head_dropout, "model": params.model,
+                 "head_dropout": params.head_dropout, "model": params.model, "code": training.code_digest(ctx),
                  "base": base_digest if variant.init == "pretrained" else checkpoint.model_config(base).to_dict()}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     run = ctx.path(Path(".runs") / ctx.name / key)

@@ -1,8 +1,9 @@
 """What the training stages (pretrain, sft, reward) share around the loop: where a run's checkpoints
 live, the evaluation before the first step, the curve files, and publishing the trained model.
 
-- `run_dir`: `.runs/<stage>/<key>`, the key a hash of the stage's params and its input files, so
-  a killed run started again resumes, and a run with other params or data starts afresh.
+- `run_dir`: `.runs/<stage>/<key>`, the key a hash of the stage's params, its input files and its
+  code (the Python files dvc.yaml lists as its deps), so a killed run started again resumes, and a
+  run with other params, data or code starts afresh instead of being read back as if new.
 - `CurveRecorder`: every logged step goes to a JSON-lines log beside the checkpoints and to
   MLflow; at the end it becomes `metrics/<stage>/{train,val}.csv` (`dvc plots`) and a PNG.
 - `publish`: the trained model as `data/models/<name>/`: weights, state (config, step, metrics and
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+import yaml
 from torch import nn
 
 from instructgpt import atomic, checkpoint, curves, hardware
@@ -31,10 +33,34 @@ from stages.common import StageContext
 
 
 def run_dir(ctx: StageContext, params: Any, inputs: Iterable[Path]) -> Path:
-    """`.runs/<stage>/<hash of params and the inputs' contents>` (a directory's files, sorted)."""
+    """`.runs/<stage>/<hash of params, the inputs' contents and the stage's code>`."""
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
     _add_files(digest, inputs)
+    digest.update(code_digest(ctx).encode())
     return ctx.path(Path(".runs") / ctx.name / digest.hexdigest()[:16])
+
+
+def code_digest(ctx: StageContext) -> str:
+    """sha256 over the Python files dvc.yaml lists as the stage's deps (a listed directory's `.py`
+    files included); "" when the root has no dvc.yaml or does not define the stage.
+
+    Without it, a run read back after a code change would be recorded in dvc.lock as the new code's.
+    """
+    try:
+        with open(ctx.path("dvc.yaml"), encoding="utf-8") as handle:
+            stage = (yaml.safe_load(handle) or {}).get("stages", {}).get(ctx.name) or {}
+    except FileNotFoundError:
+        return ""
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the stage's deps: {err}", file=ctx.path("dvc.yaml")) from err
+    code: list[Path] = []
+    for dep in stage.get("deps", []):
+        path = ctx.path(dep)
+        if path.is_dir():
+            code.extend(sorted(path.rglob("*.py")))
+        elif path.suffix == ".py" and path.is_file():
+            code.append(path)
+    return files_digest(code) if code else ""
 
 
 def files_digest(inputs: Iterable[Path]) -> str:

@@ -192,3 +192,16 @@ def test_the_pair_loss_matches_torch_logsigmoid_on_extreme_scores() -> None:
     loss = ranking_loss(scores, batch)
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(0.5 * (-F.logsigmoid(torch.tensor(120.0)) - F.logsigmoid(torch.tensor(-120.0))).item())
+
+
+def test_a_batch_holds_sets_of_similar_length() -> None:
+    # 128 pair sets, a set's longest response 4 to 200 tokens: grouped batches pad little.
+    longest = np.random.default_rng(0).integers(4, 200, size=128)
+    sets = [EncodedSet([[5] * int(n), [6] * max(2, int(n) // 2)], [0, 1], [(0, 1)], "a") for n in longest]
+    task = RewardModelling(sets, sets[:2], batch_size=4, grad_accum=1, seed=1, pad_id=0)
+    batches = [task.batch(step, 0, 0, 1) for step in range(len(sets) // 4)]
+    widths = [b["input_ids"].shape[1] for b in batches]
+    shuffled = np.split(np.random.default_rng(1).permutation(128), 32)
+    assert np.mean(widths) < 0.7 * np.mean([longest[rows].max() for rows in shuffled])
+    seen = [n for b in batches for n in b["lengths"][0::2].tolist()]  # each set's first (longest) response
+    assert sorted(seen) == sorted(longest.tolist())  # one epoch, every set once

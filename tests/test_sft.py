@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,3 +115,17 @@ def test_validation_loss_is_token_weighted_per_source_and_overall(tokenizer: Tok
 def test_an_empty_training_set_is_refused(tokenizer: Tokenizer) -> None:
     with pytest.raises(ValueError, match="at least one"):
         SupervisedFineTuning([], [], batch_size=2, grad_accum=1, seed=0, pad_id=pad_id(tokenizer))
+
+
+def test_a_batch_holds_examples_of_similar_length() -> None:
+    # 256 examples whose lengths run from 4 to 200 tokens: a random batch of 8 pads to near its
+    # longest draw; a length-grouped one pads to a neighbour's length.
+    lengths = np.random.default_rng(0).integers(4, 200, size=256)
+    examples = [Example([5] * int(n), [IGNORE] * (int(n) - 1) + [5], "a") for n in lengths]
+    task = SupervisedFineTuning(examples, examples[:2], batch_size=8, grad_accum=1, seed=1, pad_id=0)
+    batches = [task.batch(step, 0, 0, 1) for step in range(len(examples) // 8)]
+    real = sum(task.tokens(b) for b in batches) / sum(b["input_ids"].numel() for b in batches)
+    shuffled = np.split(np.random.default_rng(1).permutation(256), 32)
+    random_real = np.mean([lengths[rows].sum() / (8 * lengths[rows].max()) for rows in shuffled])
+    assert real > 0.9 > random_real
+    assert sorted(n for b in batches for n in b["lengths"].tolist()) == sorted(lengths.tolist())  # one epoch, every example

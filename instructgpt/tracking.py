@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -205,14 +205,8 @@ class MlflowTracker(Tracker):
         inherited = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
         run_tags = {**inherited, **(tags or {}), "mlflow.parentRunId": self.run_id}
         run = self.client.create_run(parent.info.experiment_id, run_name=name, tags=_clip_tags(run_tags))
-        tracker = MlflowTracker(self.client, run.info.run_id)
-        status = "FAILED"
-        try:
-            tracker.log_params(params or {})
+        with _tracked_run(self.client, run.info.run_id, params) as tracker:
             yield tracker
-            status = "FINISHED"
-        finally:
-            self.client.set_terminated(run.info.run_id, status)
 
 
 def flatten_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -278,7 +272,21 @@ def stage_run(
         if parent.owned:
             _mark_parent(store.client, parent.run_id, running=True)
     run = store.client.create_run(store.experiment_id, run_name=stage, tags=_clip_tags(run_tags))
-    tracker = MlflowTracker(store.client, run.info.run_id)
+    ended: list[str] = []
+    try:
+        with _tracked_run(store.client, run.info.run_id, params, on_end=ended.append) as tracker:
+            yield tracker
+    finally:
+        if parent is not None and parent.owned:
+            _mark_parent(store.client, parent.run_id, failed=ended != ["FINISHED"])
+
+
+@contextmanager
+def _tracked_run(client: MlflowClient, run_id: str, params: Mapping[str, Any] | None,
+                 on_end: Callable[[str], None] | None = None) -> Iterator[Tracker]:
+    """A created run with its params logged, ended with the body's outcome (then `on_end(status)`):
+    FINISHED, also on a clean `SystemExit`; KILLED on Ctrl-C; FAILED on any other exception."""
+    tracker = MlflowTracker(client, run_id)
     status = "FAILED"
     try:
         tracker.log_params(params or {})
@@ -291,9 +299,9 @@ def stage_run(
         status = "KILLED"
         raise
     finally:
-        store.client.set_terminated(run.info.run_id, status)
-        if parent is not None and parent.owned:
-            _mark_parent(store.client, parent.run_id, failed=status != "FINISHED")
+        client.set_terminated(run_id, status)
+        if on_end is not None:
+            on_end(status)
 
 
 def open_pipeline_run(

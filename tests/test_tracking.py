@@ -146,6 +146,30 @@ def test_a_failing_stage_is_failed_and_so_is_its_dvc_parent(
     assert parent.info.status == "FAILED"  # sticks although a later stage finished
 
 
+def test_a_child_run_ends_as_its_body_does_and_inherits_the_stage_tags(root: Path) -> None:
+    with tracking.stage_run("finetune_tasks", root, params={}, tags={"git_commit": "c" * 40}) as stage:
+        with stage.child("sst2/finished", {"lr": 1e-4}, {"task": "sst2"}) as child:
+            child.log_metrics({"val/acc": 0.8}, step=1)
+        with pytest.raises(SystemExit):
+            with stage.child("sst2/exited", {}):
+                raise SystemExit(0)
+        with pytest.raises(ValueError):
+            with stage.child("sst2/failed", {}):
+                raise ValueError("bad row")
+        with pytest.raises(KeyboardInterrupt):
+            with stage.child("sst2/killed", {}):
+                raise KeyboardInterrupt
+
+    by_name = runs(root)
+    (stage_run,) = by_name["finetune_tasks"]
+    statuses = {name: by_name[f"sst2/{name}"][0].info.status for name in ("finished", "exited", "failed", "killed")}
+    assert statuses == {"finished": "FINISHED", "exited": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+    finished = by_name["sst2/finished"][0]
+    assert finished.data.tags["mlflow.parentRunId"] == stage_run.info.run_id
+    assert finished.data.tags["git_commit"] == "c" * 40 and finished.data.tags["task"] == "sst2"
+    assert finished.data.params == {"lr": "0.0001"} and finished.data.metrics == {"val/acc": 0.8}
+
+
 def test_tracking_off_gives_a_null_tracker_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,7 +28,7 @@ from instructgpt.heads import RewardModel
 from instructgpt.reward import EncodedSet, RewardModelling, encode_sets, evaluate_sets, normalise, score_sequences
 from instructgpt.phases import PHASES
 from instructgpt.tokenizer import SPECIAL, load_tokenizer, special_token_ids, tokenizer_sha256
-from instructgpt.train import TrainConfig, train
+from instructgpt.train import TrainConfig, seed_everything, train
 from stages import training
 from stages.common import StageContext, is_main_process, read_table, run_stage, select_sources
 from stages.comparisons import RANKED_SETS
@@ -59,11 +59,17 @@ class RewardParams:
             raise ValueError("margin must be >= 0")
 
 
+def build_model(sft: Path, params: RewardParams, where: str) -> RewardModel:
+    """The SFT body with a fresh scalar head, drawn from the run's seed: a rerun builds the same model."""
+    seed_everything(params.train.seed)
+    return RewardModel(training.load_language_model(sft, params.model, where))
+
+
 def main(ctx: StageContext) -> dict[str, Any]:
     params = from_params(RewardParams, ctx.section, ctx.where())
     sft = ctx.path(SFT_MODEL)
     tokenizer = load_tokenizer(sft / "tokenizer.json")
-    model = RewardModel(training.load_language_model(sft, params.model, ctx.where("model")))
+    model = build_model(sft, params, ctx.where("model"))
     max_len = params.max_len or model.config.context
     if max_len > model.config.context:
         raise ConfigError(f"max_len {max_len} exceeds the model's context {model.config.context}", file=ctx.where("max_len"))

@@ -205,3 +205,19 @@ def test_a_batch_holds_sets_of_similar_length() -> None:
     assert np.mean(widths) < 0.7 * np.mean([longest[rows].max() for rows in shuffled])
     seen = [n for b in batches for n in b["lengths"][0::2].tolist()]  # each set's first (longest) response
     assert sorted(seen) == sorted(longest.tolist())  # one epoch, every set once
+
+
+def test_the_stage_draws_the_fresh_head_from_its_seed(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    # Whatever the global generator's state, the same params build the same reward model, so
+    # a rerun of the stage (or another clone) reproduces the run; another seed draws another head.
+    from stages.reward import RewardParams, build_model
+
+    checkpoint.save_checkpoint(tmp_path / "sft", GPT(preset("cpu-tiny", vocab_size=tokenizer.get_vocab_size())), step=1)
+    torch.manual_seed(1)
+    first = build_model(tmp_path / "sft", RewardParams(), "params.yaml:reward.model").head.weight.detach().clone()
+    torch.manual_seed(2)
+    again = build_model(tmp_path / "sft", RewardParams(), "params.yaml:reward.model").head.weight
+    other_seed = RewardParams(train=TrainConfig(seed=RewardParams().train.seed + 1))
+    other = build_model(tmp_path / "sft", other_seed, "params.yaml:reward.model").head.weight
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)

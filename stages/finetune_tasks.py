@@ -115,7 +115,7 @@ def main(ctx: StageContext) -> dict[str, Any]:
     names = _selected(ctx, table, params.tasks)
     ids = special_token_ids(tokenizer)
     pad_id, task_tokens = ids[SPECIAL.pad], TaskTokens.of(tokenizer).all()
-    base_digest = training.files_digest([base])
+    base_digest, code_digest = training.files_digest([base]), training.code_digest(ctx)  # once, not per run
 
     results: dict[str, Any] = {}
     started = time.perf_counter()
@@ -124,7 +124,8 @@ def main(ctx: StageContext) -> dict[str, Any]:
         print(f"  {name}: {task.spec.task_type}, {len(task.train):,} train, {len(task.eval):,} {task.split}")
         scores = {}
         for variant_name, variant in params.variants.items():
-            scores[variant_name] = run_variant(ctx, params, task, variant_name, variant, base, base_digest, pad_id, task_tokens)
+            scores[variant_name] = run_variant(ctx, params, task, variant_name, variant, base, base_digest, code_digest,
+                                                  pad_id, task_tokens)
         results[name] = {
             "task_type": task.spec.task_type, "regression": task.spec.is_regression, "split": task.split,
             "train_examples": len(task.train), "eval_examples": len(task.eval),
@@ -183,11 +184,11 @@ def prepare(rows: pd.DataFrame, name: str, tokenizer: Any, max_len: int, params:
 
 
 def run_variant(ctx: StageContext, params: FinetuneTasksParams, task: PreparedTask, name: str, variant: Variant,
-                base: Path, base_digest: str, pad_id: int, task_tokens: frozenset[int]) -> dict[str, float]:
+                base: Path, base_digest: str, code_digest: str, pad_id: int, task_tokens: frozenset[int]) -> dict[str, float]:
     """One fine-tuning run, resumed (or read back, when finished) from its run directory."""
     config = training.with_epochs(params.train, params.epochs, len(task.train))
     key_parts = {"task": task.digest(), "variant": dataclasses.asdict(variant), "train": dataclasses.asdict(config),
-                 "head_dropout": params.head_dropout, "model": params.model, "code": training.code_digest(ctx),
+                 "head_dropout": params.head_dropout, "model": params.model, "code": code_digest,
                  "base": base_digest if variant.init == "pretrained" else checkpoint.model_config(base).to_dict()}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     run = ctx.path(Path(".runs") / ctx.name / key)

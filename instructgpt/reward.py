@@ -9,9 +9,9 @@ once, and the pairs index into the K scores (training on pairs as separate examp
 response K-1 times and overfit, the paper notes). A pair set is the case K = 2. Tied responses make
 no pair, so C(K,2) is, precisely, the set's number of untied pairs. A batch is B sets (an epoch
 permutation of the sets grouped by their longest response, `LengthGroupedSampler`: on the data
-pack's comparisons the real tokens of a batch rise from 57% to 87% of its cells); its loss is the mean over its sets of each set's mean
-over its pairs. An optional margin m asks the better response to win by m per step of rank:
-log sigmoid(r_w - r_l - m * (rank_l - rank_w)).
+pack's comparisons the real tokens of a batch rise from 57% to 87% of its cells); its loss is the
+mean over its sets of each set's mean over its pairs. An optional margin m asks the better
+response to win by m per step of rank: log sigmoid(r_w - r_l - m * (rank_l - rank_w)).
 
 Each response is rendered in the chat template with its end-of-text (`ChatTemplate.render`), so
 the reward model reads the same layout the SFT model writes; a long prompt is cut from the left.

@@ -9,7 +9,8 @@ An encode output directory holds:
   end-of-text is at ``offset + n_tokens``; `epoch` is 0 for a document's first pass in the train mix,
   1 for its second, and so on. Per-source validation loss reads the val rows of one source.
 - ``meta.json``: dtype, vocab_size, eot_id, tokenizer_sha256, tokens per split and source, the train
-  mix (shares, epochs per source), and the engine that encoded.
+  mix (shares, epochs per source). Only what the shards are: nothing timed, so encoding the same
+  documents again writes the same bytes and the stages downstream are not retrained for nothing.
 
 The train split is a mixture, GPT-3 style (`instructgpt.mixture`): each source gets a share of the
 train tokens (its weight from `EncodeConfig.mixture`; unweighted sources split the rest by natural
@@ -111,8 +112,8 @@ def encode_documents(
     """Encode `documents` into the shard directory `out_dir` (replaced atomically); return metrics.
 
     `documents` has the columns of DOCUMENT_COLUMNS; `where` names it in errors. The metrics are
-    tokens per split and source, epochs per source in the train mix, the engine, and the
-    throughput of the encoding itself (MB of UTF-8 text and tokens per second).
+    tokens per split and source, epochs per source in the train mix, the engine and why it was
+    chosen (`EngineChoice.record`), and the throughput of the encoding itself (MB of UTF-8 text and tokens per second).
     """
     started = time.perf_counter()
     _check_documents(documents, where)
@@ -157,7 +158,6 @@ def encode_documents(
                 "tokens": {split: {"total": totals[split], "by_source": tokens[split]} for split in SPLITS},
                 "documents": {split: int((index["split"] == split).sum()) for split in SPLITS},
                 "mixture": mix,
-                "engine": engine.record(config),
             },
         )
 
@@ -167,8 +167,7 @@ def encode_documents(
         "tokens": tokens,
         "tokens_total": totals,
         "epochs": mix["epochs"],
-        "engine": engine.name,
-        "num_threads": engine.num_threads,
+        "engine": engine.record(config),
         "encode_seconds": round(encode_seconds, 4),
         "encode_mb_per_s": round(n_bytes / 1e6 / encode_seconds, 3),
         "encode_tokens_per_s": round(n_tokens / encode_seconds, 1),
@@ -216,7 +215,8 @@ def read_index(shard_dir: str | Path) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """The engine that encodes, and why: what meta.json records under "engine"."""
+    """The engine that encodes, and why: what the metrics record under "engine" (not meta.json: which
+    engine won on this host's timings says nothing about the shards, whose ids are the same)."""
 
     name: Literal["tiktoken", "tokenizers"]
     encode: Encoder

@@ -39,7 +39,7 @@ def main(ctx: StageContext) -> dict[str, Any]:
     ctx.tracker.log_artifact(ctx.path(SHARDS / "meta.json"))
     ctx.tracker.log_params({"effective_mixture": config.mixture})
     totals = metrics["tokens_total"]
-    print(f"  train {totals['train']:,} tokens, val {totals['val']:,} tokens, engine {metrics['engine']},"
+    print(f"  train {totals['train']:,} tokens, val {totals['val']:,} tokens, engine {metrics['engine']['used']},"
           f" {metrics['encode_mb_per_s']} MB/s")
     return metrics
 

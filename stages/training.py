@@ -7,7 +7,7 @@ live, the evaluation before the first step, the curve files, and publishing the 
 - `CurveRecorder`: every logged step goes to a JSON-lines log beside the checkpoints and to
   MLflow; at the end it becomes `metrics/<stage>/{train,val}.csv` (`dvc plots`) and a PNG.
 - `publish`: the trained model as `data/models/<name>/`: weights, state (config, step, metrics and
-  the caller's extras) and the tokenizer, written atomically, without optimizer state.
+  the caller's extras, but no timings) and the tokenizer, written atomically, without optimizer state.
 """
 
 from __future__ import annotations
@@ -162,12 +162,29 @@ class CurveRecorder:
         return None
 
 
+# What a checkpoint records about the host rather than the model: wall time, throughput, memory.
+# Checkpoints keep them (a resumed run adds to its train_seconds); a published model leaves them
+# out, and the stage's metrics report them. So the same training publishes the same bytes, and the
+# stages whose run keys and DVC deps hash the model are not retrained for a timing.
+HOST_DEPENDENT = frozenset({"train_seconds", "tokens_per_s", "mfu", "step_time_ms", "peak_memory_mb"})
+
+
 def publish(step_dir: Path, tokenizer: Path, target: Path) -> None:
-    """A trained checkpoint as a model directory: weights, state and tokenizer; no optimizer state."""
+    """A trained checkpoint as a model directory: weights, state (without HOST_DEPENDENT figures)
+    and tokenizer; no optimizer state."""
+    state = checkpoint.read_state(step_dir)
+    state["data"] = _without_host(state.get("data", {}))
+    extra = state.get("extra", {})
+    if isinstance(extra.get("metrics"), dict):
+        extra["metrics"] = _without_host(extra["metrics"])
     with atomic.atomic_dir(target) as out:
-        for name in (checkpoint.MODEL_FILE, checkpoint.STATE_FILE):
-            shutil.copyfile(step_dir / name, out / name)
+        shutil.copyfile(step_dir / checkpoint.MODEL_FILE, out / checkpoint.MODEL_FILE)
+        (out / checkpoint.STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         shutil.copyfile(tokenizer, out / "tokenizer.json")
+
+
+def _without_host(figures: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if k not in HOST_DEPENDENT}
 
 
 def publish_model(model: nn.Module, tokenizer: Path, target: Path, *, step: int, extra: dict[str, Any]) -> None:

@@ -177,7 +177,7 @@ def test_a_weight_of_zero_leaves_a_source_out(documents, tokenizer, tmp_path: Pa
 def test_same_seed_same_bytes_other_seed_other_order(documents, tokenizer, natural, tmp_path) -> None:
     encode(documents, tokenizer, tmp_path / "again", seed=1)
     encode(documents, tokenizer, tmp_path / "other", seed=2)
-    for name in ("train.bin", "val.bin", "index.parquet"):
+    for name in ("train.bin", "val.bin", "index.parquet", "meta.json"):  # meta.json holds nothing timed
         assert (tmp_path / "again" / name).read_bytes() == (natural / name).read_bytes()
     assert (tmp_path / "other" / "train.bin").read_bytes() != (natural / "train.bin").read_bytes()
     assert sorted(read_shard(tmp_path / "other", "train")) == sorted(read_shard(natural, "train"))
@@ -190,7 +190,9 @@ def test_engines_write_identical_shards(documents, tokenizer, tmp_path: Path) ->
     for engine in ("tiktoken", "tokenizers", "auto"):
         metrics = encode(documents, tokenizer, tmp_path / engine, engine=engine, mixture={"web": 0.4}, seed=5)
         assert metrics["encode_mb_per_s"] > 0 and metrics["encode_tokens_per_s"] > 0
-        assert read_meta(tmp_path / engine)["engine"]["used"] == metrics["engine"]
+        assert metrics["engine"]["requested"] == engine and metrics["engine"]["used"] in {"tiktoken", "tokenizers"}
+        assert engine == "auto" or metrics["engine"]["used"] == engine
+        assert "engine" not in read_meta(tmp_path / engine)  # host timings decide it; the shards are the same
     for name in ("train.bin", "val.bin", "index.parquet"):
         assert (tmp_path / "tiktoken" / name).read_bytes() == (tmp_path / "tokenizers" / name).read_bytes()
         assert (tmp_path / "auto" / name).read_bytes() == (tmp_path / "tokenizers" / name).read_bytes()
@@ -199,8 +201,7 @@ def test_engines_write_identical_shards(documents, tokenizer, tmp_path: Path) ->
 def test_auto_falls_back_to_tokenizers_when_tiktoken_cannot_mirror_it(documents, tokenizer, tmp_path):
     odd = Tokenizer.from_str(tokenizer.to_str())
     odd.normalizer = normalizers.NFC()
-    encode(documents, odd, tmp_path / "auto", engine="auto")
-    engine = read_meta(tmp_path / "auto")["engine"]
+    engine = encode(documents, odd, tmp_path / "auto", engine="auto")["engine"]
     assert engine["used"] == "tokenizers" and "normalizer" in engine["reason"]
     with pytest.raises(ConfigError, match="engine"):
         encode(documents, odd, tmp_path / "forced", engine="tiktoken")

@@ -90,6 +90,12 @@ def clone(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, data_pack: 
     return root, env
 
 
+def _locked_out(root: Path, stage: str, path: str) -> dict:
+    """What dvc.lock records for one out of a stage (its md5, size, files)."""
+    outs = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]["outs"]
+    return next(out for out in outs if out["path"] == path)
+
+
 def _runs(root: Path) -> pd.DataFrame:
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     return mlflow.search_runs(experiment_names=["instructgpt"], output_format="pandas")
@@ -211,6 +217,16 @@ def test_pretrain_trains_publishes_the_base_model_and_tracks_the_curve(clone: tu
     assert [m.step for m in client.get_metric_history(run["run_id"], "val/loss")] == [0, 3, 6]
     assert run["params.preset"] == "cpu-tiny"
     assert "Running stage" not in _run([str(BIN / "dvc"), "repro", "pretrain"], root, env).stdout
+
+    # Trained again from scratch (its checkpoints deleted), it publishes the same bytes: the model
+    # directory holds no timings, so DVC and the run keys of the stages after it see no change.
+    published = {p.name: p.read_bytes() for p in (root / "data/models/base").iterdir()}
+    locked = _locked_out(root, "pretrain", "data/models/base")
+    shutil.rmtree(root / ".runs" / "pretrain")
+    again = _run([str(BIN / "dvc"), "repro", "--force", "--single-item", "pretrain"], root, env)
+    assert "Running stage 'pretrain'" in again.stdout and "resumed" not in again.stdout + again.stderr
+    assert {p.name: p.read_bytes() for p in (root / "data/models/base").iterdir()} == published
+    assert _locked_out(root, "pretrain", "data/models/base") == locked
 
 
 def test_sft_comparisons_and_reward_run_as_instructgpt_steps_one_and_two(clone: tuple[Path, dict[str, str]]) -> None:

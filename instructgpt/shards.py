@@ -113,7 +113,8 @@ def encode_documents(
 
     `documents` has the columns of DOCUMENT_COLUMNS; `where` names it in errors. The metrics are
     tokens per split and source, epochs per source in the train mix, the engine and why it was
-    chosen (`EngineChoice.record`), and the throughput of the encoding itself (MB of UTF-8 text and tokens per second).
+    chosen (`EngineChoice.record`), and the throughput of the encoding itself (MB of UTF-8 text
+    and tokens per second).
     """
     started = time.perf_counter()
     _check_documents(documents, where)

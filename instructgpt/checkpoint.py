@@ -90,7 +90,7 @@ def save_checkpoint(
         if optimizer is not None:
             tensors, state["optimizer"] = _optimizer_to_named(optimizer, names)
             save_file(tensors, tmp / OPTIMIZER_FILE, metadata={"format": "pt"})
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_state(tmp, state)
         for file in tmp.iterdir():
             atomic._fsync(file)
     return path
@@ -138,6 +138,12 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(state["rng"])
     return Checkpoint(path, int(state["step"]), state.get("data", {}), state.get("extra", {}), state.get("config"))
+
+
+def write_state(path: str | Path, state: dict[str, Any]) -> None:
+    """state.json into the directory `path` (one being written atomically): indented, keys sorted,
+    so that the same state is the same bytes, which DVC and the run keys hash."""
+    (Path(path) / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def hf_config(config: GPTConfig, *, eos_id: int, pad_id: int, dtype: torch.dtype
         "initializer_range": config.init_std,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        "attn_pdrop": config.attention_dropout,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,

@@ -40,7 +40,8 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 256
     d_ff: int | None = None
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    dropout: float = 0.0  # on embeddings and residual branches (and attention weights, see below)
+    attn_dropout: float | None = None  # on attention weights; None = `dropout` (GPT-1 used 0.1 on all three)
     ln_position: Literal["pre", "post"] = "pre"  # GPT-1: post; GPT-2/3: pre
     scale_residual_init: bool = True  # GPT-2: residual projections ~ N(0, 0.02 / sqrt(2 * n_layer))
     sparse_attention: bool = False  # GPT-3: odd layers attend within a local band only
@@ -56,8 +57,17 @@ class GPTConfig:
         for name in ("vocab_size", "context", "n_layer", "n_head", "n_embd", "local_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be within [0, 1)")
+        for name in ("dropout", "attn_dropout"):
+            rate = getattr(self, name)
+            if rate is not None and not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be within [0, 1)")
+
+    @property
+    def attention_dropout(self) -> float:
+        """The rate on attention weights. Apart because it costs more than the others on a CPU: with
+        it, `scaled_dot_product_attention` leaves its fused kernel for one that materialises the
+        T x T weights (InstructGPT's SFT names residual dropout only)."""
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
     def ffn(self) -> int:
@@ -214,7 +224,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual = True  # type: ignore[attr-defined]  # scaled init, see GPT._init_weights
-        self.dropout = config.dropout
+        self.dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.window = config.local_window if config.is_sparse(layer) else None
         self.layer = layer

@@ -18,7 +18,6 @@ column: the state before y_t. The math is `instructgpt.ppo`.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +210,7 @@ class PPOTrainer:
             checkpoint.save_checkpoint(tmp / "critic", self.critic, self.critic_optimizer, step=self.iteration)
             state = {"iteration": self.iteration, "kl_coef": self.kl.value,
                      "generator": _state_b64(self.generator), "shuffle": _state_b64(self.shuffle)}
-            (tmp / checkpoint.STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            checkpoint.write_state(tmp, state)
         return path
 
     def load(self, path: str | Path) -> None:
@@ -219,10 +218,7 @@ class PPOTrainer:
         path = Path(path)
         checkpoint.load_checkpoint(path / "actor", self.actor, self.actor_optimizer, restore_rng=False)
         checkpoint.load_checkpoint(path / "critic", self.critic, self.critic_optimizer, restore_rng=False)
-        try:
-            state = json.loads((path / checkpoint.STATE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise checkpoint.CheckpointError(f"cannot read the PPO trainer state: {err}", file=path / checkpoint.STATE_FILE) from err
+        state = checkpoint.read_state(path)
         self.iteration, self.kl.value = int(state["iteration"]), float(state["kl_coef"])
         self.generator.set_state(_state_from_b64(state["generator"]))
         self.shuffle.set_state(_state_from_b64(state["shuffle"]))

@@ -42,7 +42,7 @@ SAMPLES = Path("metrics/sft/samples.jsonl")
 class SftParams:
     """params.yaml: sft."""
 
-    model: dict[str, Any] = field(default_factory=lambda: {"dropout": 0.2})  # InstructGPT: residual dropout 0.2
+    model: dict[str, Any] = field(default_factory=lambda: {"dropout": 0.2, "attn_dropout": 0.0})  # InstructGPT: residual dropout 0.2
     epochs: float | None = None  # set: max_steps = ceil(epochs x train examples / global batch)
     sources: list[str] = field(default_factory=list)  # demonstration sources to train on; [] = all
     max_len: int | None = None  # tokens per example; None: the model's context

@@ -175,11 +175,11 @@ def publish(step_dir: Path, tokenizer: Path, target: Path) -> None:
     state = checkpoint.read_state(step_dir)
     state["data"] = _without_host(state.get("data", {}))
     extra = state.get("extra", {})
-    if isinstance(extra.get("metrics"), dict):
+    if "metrics" in extra:
         extra["metrics"] = _without_host(extra["metrics"])
     with atomic.atomic_dir(target) as out:
         shutil.copyfile(step_dir / checkpoint.MODEL_FILE, out / checkpoint.MODEL_FILE)
-        (out / checkpoint.STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        checkpoint.write_state(out, state)
         shutil.copyfile(tokenizer, out / "tokenizer.json")
 
 

@@ -4,6 +4,7 @@ banded attention, tied embeddings and the scaled residual initialisation."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -126,3 +127,34 @@ def test_onednn_linear_matches_f_linear_in_values_and_gradients(monkeypatch: pyt
         assert ours(x).dtype == torch.bfloat16
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     assert type(ours(x).grad_fn).__name__ != "_OneDNNLinearBackward"
+
+
+def test_attention_dropout_follows_dropout_unless_set() -> None:
+    assert GPTConfig(dropout=0.1).attention_dropout == 0.1  # GPT-1: one rate for all three
+    assert GPTConfig(dropout=0.2, attn_dropout=0.0).attention_dropout == 0.0  # InstructGPT SFT: residual only
+    assert GPTConfig(attn_dropout=0.3).attention_dropout == 0.3
+    with pytest.raises(ValueError, match="attn_dropout must be within"):
+        GPTConfig(attn_dropout=1.0)
+
+
+def _attention_kernels(model: GPT) -> set[str]:
+    x = torch.randint(0, 256, (2, 32))
+    with torch.profiler.profile() as prof:
+        model(x, x).loss.backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_attention_dropout_alone_decides_the_attention_kernel_and_its_noise() -> None:
+    torch.manual_seed(0)
+    residual_only = GPT(preset("cpu-tiny", vocab_size=256, dropout=0.2, attn_dropout=0.0)).train()
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in _attention_kernels(residual_only)
+    with_attention = GPT(replace(residual_only.config, attn_dropout=0.2)).train()
+    assert "aten::_scaled_dot_product_attention_math" in _attention_kernels(with_attention)
+    # Attention dropout with nothing else: training-mode outputs vary, eval-mode ones do not.
+    only_attention = GPT(preset("cpu-tiny", vocab_size=256, dropout=0.0, attn_dropout=0.5)).train()
+    x = torch.randint(0, 256, (2, 32))
+    assert not torch.equal(only_attention(x).logits, only_attention(x).logits)
+    only_attention.eval()
+    assert torch.equal(only_attention(x).logits, only_attention(x).logits)
+    none = GPT(preset("cpu-tiny", vocab_size=256, dropout=0.0, attn_dropout=None)).train()
+    assert torch.equal(none(x).logits, none(x).logits)

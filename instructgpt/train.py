@@ -263,6 +263,10 @@ class _Loop:
             else 6 * sum(p.numel() for p in self.model.parameters())
         )
         self.peak = hardware.peak_flops(self.device, self.dtype, peak_flops_cache) if self.counts_tokens else 0.0
+        self.peak_cache = peak_flops_cache
+        self.peak_is_measured = self.counts_tokens and (
+            self.device.type != "cuda"
+            or hardware.datasheet_peak_flops(torch.cuda.get_device_name(self.device), self.dtype) is None)
 
     def resume(self) -> None:
         path = checkpoint.latest_checkpoint(self.dir)
@@ -358,6 +362,10 @@ class _Loop:
         if self.counts_tokens:
             tokens_per_s = window.tokens / seconds
             metrics["tokens_per_s"] = tokens_per_s
+            achieved = self.flops_per_token * tokens_per_s / self.dist.world
+            if achieved > self.peak and self.peak_is_measured:
+                self.peak = hardware.raise_measured_peak(self.device, self.dtype, self.peak_cache, achieved)
+                self.dist.print(f"MFU would read above 100%: the measured peak is now {self.peak / 1e9:.1f} GFLOP/s")
             metrics["mfu"] = hardware.mfu(self.flops_per_token, tokens_per_s / self.dist.world, self.peak)
             metrics["tokens"] = self.tokens
         return metrics

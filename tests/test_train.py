@@ -3,6 +3,7 @@ divergence, metrics; and the hardware figures MFU is computed from."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -209,6 +210,20 @@ def test_logs_metrics_evaluates_and_records_them(random_shards: Path, tmp_path: 
     assert state["step"] == 6 and state["data"]["loss"] == result.loss
     assert state["extra"]["tokenizer_sha256"] == "ab" and state["extra"]["eval"] == final
     assert (tmp_path / "peak.json").is_file()
+
+
+def test_a_peak_probed_on_a_busy_machine_is_raised_so_mfu_stays_below_one(random_shards: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "peak.json"
+    hardware.peak_flops(torch.device("cpu"), torch.float32, cache)
+    records = json.loads(cache.read_text())
+    (key,) = records
+    records[key]["flops"] = 1e6  # as if the probe had run beside a noisy neighbour
+    cache.write_text(json.dumps(records))
+    logs: list[dict] = []
+    _run(random_shards, tmp_path / "run", peak_flops_cache=cache, on_log=lambda s, m: logs.append(m))
+    raised = json.loads(cache.read_text())[key]["flops"]
+    assert raised > 1e8  # probed again: what the machine does, not the busy figure
+    assert logs and all(0 < m["mfu"] <= 1 for m in logs)
 
 
 # ---------------------------------------------------------------------------------------------
